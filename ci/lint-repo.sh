@@ -1,0 +1,12 @@
+#!/usr/bin/env bash
+# Non-Python linters over the repository; each fails the build on findings.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+yamllint --strict -c ci/yamllint.yaml .
+mapfile -t dockerfiles < <(ls Dockerfile.* 2>/dev/null || true)
+if ((${#dockerfiles[@]})); then hadolint "${dockerfiles[@]}"; fi
+if [ -d .github/workflows ]; then actionlint; fi
+mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
+if ((${#scripts[@]})); then shellcheck "${scripts[@]}"; fi
+if [ -f charts/gvirtus-kai/Chart.yaml ]; then helm lint --strict charts/gvirtus-kai; fi

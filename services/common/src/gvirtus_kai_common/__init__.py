@@ -1,0 +1,1 @@
+"""Code shared by the GVirtuS-KAI services (kept here so no service copies another's)."""
