@@ -54,11 +54,7 @@ class HealthServer:
         try:
             request_line = await asyncio.wait_for(reader.readline(), timeout=5)
             # Drain headers; we never read a body.
-            while (line := await asyncio.wait_for(reader.readline(), timeout=5)) not in (
-                b"\r\n",
-                b"\n",
-                b"",
-            ):
+            while await asyncio.wait_for(reader.readline(), timeout=5) not in (b"\r\n", b"\n", b""):
                 pass
             status, content_type, body = self._respond(request_line)
             head = (

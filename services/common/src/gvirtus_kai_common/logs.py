@@ -9,9 +9,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
-_STANDARD_ATTRS = frozenset(
-    vars(logging.LogRecord("", 0, "", 0, "", None, None)).keys() | {"message", "asctime", "taskName"}
-)
+_BLANK_RECORD = logging.LogRecord("", 0, "", 0, "", None, None)
+_STANDARD_ATTRS = frozenset(vars(_BLANK_RECORD).keys() | {"message", "asctime", "taskName"})
 
 
 class JsonFormatter(logging.Formatter):

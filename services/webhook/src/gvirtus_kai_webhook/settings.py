@@ -1,0 +1,121 @@
+"""Webhook and injector settings, read from ``GVIRTUS_KAI_*`` environment variables."""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from pathlib import PurePosixPath
+from typing import Annotated, Literal
+
+from pydantic import BaseModel, Field, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+Strategy = Literal["mount", "sed"]
+STRATEGIES: tuple[Strategy, ...] = ("mount", "sed")
+
+_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+
+
+class Nameserver(BaseModel, frozen=True):
+    host: str
+    port: int = 53
+
+
+def _parse_nameserver(entry: str) -> Nameserver:
+    """``1.2.3.4``, ``1.2.3.4:5353``, ``::1`` or ``[::1]:5353``."""
+    entry = entry.strip()
+    host, port = entry, 53
+    if entry.startswith("["):
+        host, _, rest = entry[1:].partition("]")
+        if rest:
+            port = int(rest.removeprefix(":"))
+    elif entry.count(":") == 1:
+        host, _, port_text = entry.partition(":")
+        port = int(port_text)
+    ipaddress.ip_address(host)  # raises ValueError naming the bad address
+    if not 0 < port < 65536:
+        raise ValueError(f"port {port} out of range")
+    return Nameserver(host=host, port=port)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="GVIRTUS_KAI_", frozen=True, extra="ignore")
+
+    listen_host: str = "0.0.0.0"
+    listen_port: int = Field(8443, ge=1, le=65535)
+    tls_cert_file: str = "/tls/tls.crt"
+    tls_key_file: str = "/tls/tls.key"
+    backend_host: str = "gvirtus-backend.gvirtus-system.svc.cluster.local"
+    backend_port: int = Field(34567, ge=1, le=65535)
+    dns_nameservers: Annotated[tuple[Nameserver, ...], NoDecode] = ()
+    dns_timeout_seconds: float = Field(2.0, gt=0, le=30)
+    # Upper bound on how long a resolved address is reused, whatever TTL the record carries.
+    dns_cache_max_seconds: float = Field(30.0, ge=0)
+    strategy: Strategy = "mount"
+    default_gvirtus_home: str = "/usr/local/gvirtus"
+    plugins: Annotated[tuple[str, ...], NoDecode] = (
+        "cudart",
+        "cublas",
+        "curand",
+        "cudnn",
+        "cufft",
+        "cusolver",
+        "cusparse",
+    )
+    frontend_label: str = "gvirtus.io/frontend.allowed=true"
+    gpu_resource: str = "nvidia.com/gpu"
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("dns_nameservers", mode="before")
+    @classmethod
+    def _split_nameservers(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(_parse_nameserver(e) for e in value.split(",") if e.strip())
+        return value
+
+    @field_validator("plugins", mode="before")
+    @classmethod
+    def _split_plugins(cls, value: object) -> object:
+        if isinstance(value, str):
+            value = tuple(p.strip() for p in value.split(",") if p.strip())
+        if isinstance(value, tuple | list) and not value:
+            raise ValueError("at least one GVirtuS plugin is needed")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("backend_host")
+    @classmethod
+    def _check_host(cls, value: str) -> str:
+        if not _DNS_SUBDOMAIN.match(value.rstrip(".")):
+            raise ValueError(f"{value!r} is not a DNS name")
+        return value
+
+    @field_validator("default_gvirtus_home")
+    @classmethod
+    def _check_home(cls, value: str) -> str:
+        if not PurePosixPath(value).is_absolute():
+            raise ValueError(f"{value!r} must be an absolute path")
+        return value.rstrip("/") or "/"
+
+    @field_validator("frontend_label")
+    @classmethod
+    def _check_label(cls, value: str) -> str:
+        key, sep, label_value = value.partition("=")
+        name = key.rsplit("/", 1)[-1]
+        bad_value = label_value and not _LABEL_NAME.match(label_value)
+        if not sep or not _LABEL_NAME.match(name) or bad_value:
+            raise ValueError(f"{value!r} is not a label in the form key=value")
+        return value
+
+    @property
+    def frontend_label_key(self) -> str:
+        return self.frontend_label.partition("=")[0]
+
+    @property
+    def frontend_label_value(self) -> str:
+        return self.frontend_label.partition("=")[2]
