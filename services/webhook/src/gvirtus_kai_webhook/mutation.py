@@ -5,18 +5,52 @@ CONTRACT (owned by the mutation work; the server codes against it):
 - ``frontend_config(settings, backend_address)``: the GVirtuS properties.json document (dict).
 - ``mutate_pod(pod, settings, backend_address)``: the JSON Patch and warnings for one pod dict,
   raising ``MutationDenied`` with a user-facing message when the pod cannot be mutated.
+
+The patch reconciles: it is computed from what the pod already holds, so a pod that carries our
+own earlier output yields an empty patch, and a stale earlier output (another backend address,
+port, home or strategy) is brought up to date with the fewest operations. Lists that another
+webhook may have filled (volumes, volumeMounts, env) are never replaced as a whole.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import ipaddress
+import json
+import posixpath
+import shlex
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from functools import lru_cache
+from typing import Any, TypeGuard
 
-from .models import JsonPatchOperation
-from .settings import Settings
+from .models import (
+    AddOperation,
+    JsonPatchOperation,
+    RemoveOperation,
+    ReplaceOperation,
+    json_pointer,
+)
+from .settings import STRATEGIES, Settings
 
 ENABLE_LABEL = "gvirtus.io/enabled"
+STRATEGY_ANNOTATION = "gvirtus.io/strategy"
+HOME_ANNOTATION = "gvirtus.io/home"
+CONTAINERS_ANNOTATION = "gvirtus.io/containers"
+PROPERTIES_ANNOTATION = "gvirtus.io/properties"
+
+PROPERTIES_VOLUME = "gvirtus-properties"
+PROPERTIES_FILE = "properties.json"
+CONFIG_ENV = "GVIRTUS_CONFIG"
+# First line of the sed wrapper script: how an already-wrapped container is recognised.
+SED_MARKER = "# gvirtus-kai:sed"
+_SHELL = ("/bin/sh", "-c")
+# "$0" of the wrapper; everything after it is the original command, reached as "$@".
+_SHELL_ARG0 = "--"
+
+_EMPTY: Mapping[str, Any] = {}
+_NO_ITEMS: Sequence[Any] = ()
+Tokens = tuple[str | int, ...]
+_Matcher = Callable[[Mapping[str, Any]], bool]
 
 
 class MutationDenied(Exception):
@@ -30,12 +64,389 @@ class Mutation:
 
 
 def is_enabled(pod: Mapping[str, Any]) -> bool:
-    raise NotImplementedError
+    labels = _mapping(_mapping(pod.get("metadata")).get("labels"))
+    return labels.get(ENABLE_LABEL) == "true"
 
 
 def frontend_config(settings: Settings, backend_address: str) -> dict[str, Any]:
-    raise NotImplementedError
+    """GVirtuS ``properties.json``: one TCP communicator to the backend, ports as strings."""
+    return {
+        "communicator": [
+            {
+                "endpoint": {
+                    "suite": "tcp/ip",
+                    "protocol": "tcp",
+                    "server_address": backend_address,
+                    "port": str(settings.backend_port),
+                },
+                "plugins": list(settings.plugins),
+            }
+        ],
+        "secure_application": False,
+    }
+
+
+@dataclass(frozen=True)
+class _Plan:
+    """Everything that depends only on the settings and the backend address."""
+
+    address: str
+    port: str
+    properties_json: str
+    strategy: str
+    home: str
+    gpu_resource: str
+    selector_key: str
+    selector_value: str
+
+
+@lru_cache(maxsize=64)
+def _plan(settings: Settings, backend_address: str) -> _Plan:
+    # GVirtuS only accepts an IP in server_address; a host name here is a caller bug.
+    address = str(ipaddress.ip_address(backend_address))
+    properties = json.dumps(frontend_config(settings, address), separators=(",", ":"))
+    return _Plan(
+        address=address,
+        port=str(settings.backend_port),
+        properties_json=properties,
+        strategy=settings.strategy,
+        home=settings.default_gvirtus_home,
+        gpu_resource=settings.gpu_resource,
+        selector_key=settings.frontend_label_key,
+        selector_value=settings.frontend_label_value,
+    )
+
+
+def config_path(home: str) -> str:
+    return posixpath.join(home, "etc", PROPERTIES_FILE)
+
+
+@lru_cache(maxsize=256)
+def sed_script(address: str, port: str, home: str) -> str:
+    """Shell script that points ``<home>/etc/properties.json`` at the backend, then execs "$@"."""
+    # '|' as the sed delimiter: neither IPv4 nor IPv6 addresses contain it. The port pattern
+    # accepts a quoted or a bare number so hand-written configs are rewritten too.
+    address_expr = f's|"server_address": *"[^"]*"|"server_address": "{address}"|'
+    port_expr = f's|"port": *"\\{{0,1\\}}[0-9]*"\\{{0,1\\}}|"port": "{port}"|'
+    return "\n".join(
+        (
+            f"{SED_MARKER} rewrites the GVirtuS frontend config, then runs the original command",
+            "set -e",
+            f"sed -i -e '{address_expr}' -e '{port_expr}' {shlex.quote(config_path(home))}",
+            'exec "$@"',
+        )
+    )
+
+
+def is_sed_wrapped(command: object) -> TypeGuard[list[Any]]:
+    return (
+        isinstance(command, list)
+        and len(command) >= 4
+        and command[0] == _SHELL[0]
+        and command[1] == _SHELL[1]
+        and isinstance(command[2], str)
+        and command[2].startswith(SED_MARKER)
+        and command[3] == _SHELL_ARG0
+    )
+
+
+@dataclass(frozen=True)
+class _Target:
+    list_name: str  # "containers" or "initContainers"
+    index: int
+    container: Mapping[str, Any]
+
+    @property
+    def name(self) -> str:
+        return str(self.container.get("name", ""))
+
+    def tokens(self, *more: str | int) -> Tokens:
+        return ("spec", self.list_name, self.index, *more)
 
 
 def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str) -> Mutation:
-    raise NotImplementedError
+    plan = _plan(settings, backend_address)
+    metadata = pod.get("metadata")
+    annotations = _mapping(_mapping(metadata).get("annotations"))
+    spec = _mapping(pod.get("spec"))
+
+    strategy = _strategy(annotations, plan)
+    home = _home(annotations, plan)
+    targets = _targets(spec, annotations, plan.gpu_resource)
+    warnings: list[str] = []
+    ops: list[JsonPatchOperation] = []
+    config_file = config_path(home)
+
+    if strategy == "mount":
+        mount = _properties_mount(config_file)
+
+        def is_mount_conflict(item: Mapping[str, Any]) -> bool:
+            return _is_properties(item) or item.get("mountPath") == config_file
+
+        path = ("metadata", "annotations", PROPERTIES_ANNOTATION)
+        _set_entry(ops, pod, path, plan.properties_json)
+        _upsert(ops, ("spec", "volumes"), spec.get("volumes"), _properties_volume(), _is_properties)
+        for target in targets:
+            command = target.container.get("command")
+            if is_sed_wrapped(command):  # switching from sed: give the original command back
+                ops.append(_replace(target.tokens("command"), list(command[4:])))
+            mounts = target.container.get("volumeMounts")
+            _upsert(ops, target.tokens("volumeMounts"), mounts, mount, is_mount_conflict)
+    else:
+        script = sed_script(plan.address, plan.port, home)
+        for target in targets:
+            _wrap_command(ops, target, script, warnings)
+        _drop_mount_strategy(ops, spec, annotations)
+
+    for target in targets:
+        env_var = {"name": CONFIG_ENV, "value": config_file}
+        _upsert(ops, target.tokens("env"), target.container.get("env"), env_var, _is_config_env)
+
+    _node_selector(ops, pod, spec, plan)
+    if not any(_gpu_quantity(t.container, "limits", plan.gpu_resource) for t in targets):
+        names = ", ".join(t.name for t in targets)
+        warnings.append(
+            f"no GVirtuS target container ({names}) sets resources.limits['{plan.gpu_resource}']; "
+            f"without it the pod is not given a virtual GPU slot and may land on a node without "
+            f"GVirtuS support: add '{plan.gpu_resource}: 1' to the container's resources.limits"
+        )
+    return Mutation(ops, warnings)
+
+
+# --- decisions that may deny -----------------------------------------------------------------
+
+
+def _strategy(annotations: Mapping[str, Any], plan: _Plan) -> str:
+    value = annotations.get(STRATEGY_ANNOTATION)
+    if value is None:
+        return plan.strategy
+    if value not in STRATEGIES:
+        raise MutationDenied(
+            f"annotation {STRATEGY_ANNOTATION}={value!r} is not a GVirtuS strategy; "
+            f"valid values: {', '.join(STRATEGIES)}"
+        )
+    return str(value)
+
+
+def _home(annotations: Mapping[str, Any], plan: _Plan) -> str:
+    value = annotations.get(HOME_ANNOTATION)
+    if value is None:
+        return plan.home
+    text = str(value)
+    if not text.startswith("/") or any(ch < " " for ch in text) or ".." in text.split("/"):
+        raise MutationDenied(
+            f"annotation {HOME_ANNOTATION}={text!r} must be an absolute path without '..' "
+            "(the GVirtuS installation directory inside the image, e.g. /usr/local/gvirtus)"
+        )
+    return posixpath.normpath(text)
+
+
+def _gpu_quantity(container: Mapping[str, Any], kind: str, resource: str) -> bool:
+    quantity = _mapping(_mapping(container.get("resources")).get(kind)).get(resource)
+    return quantity is not None and str(quantity).strip() not in ("", "0")
+
+
+def _targets(spec: Mapping[str, Any], annotations: Mapping[str, Any], gpu: str) -> list[_Target]:
+    containers = _sequence(spec.get("containers"))
+    init_containers = _sequence(spec.get("initContainers"))
+    if not containers:
+        raise MutationDenied("the pod has no containers to give the GVirtuS frontend config to")
+    requested = annotations.get(CONTAINERS_ANNOTATION)
+    if requested is not None:
+        return _named_targets(str(requested), containers, init_containers)
+    gpu_users = [
+        _Target("containers", i, _mapping(c))
+        for i, c in enumerate(containers)
+        if _gpu_quantity(_mapping(c), "limits", gpu) or _gpu_quantity(_mapping(c), "requests", gpu)
+    ]
+    return gpu_users or [_Target("containers", 0, _mapping(containers[0]))]
+
+
+def _named_targets(
+    requested: str, containers: Sequence[Any], init_containers: Sequence[Any]
+) -> list[_Target]:
+    by_name: dict[str, _Target] = {}
+    # Regular containers win over init containers of the same name (names are unique per pod).
+    for list_name, items in (("initContainers", init_containers), ("containers", containers)):
+        for i, item in enumerate(items):
+            container = _mapping(item)
+            by_name[str(container.get("name", ""))] = _Target(list_name, i, container)
+    names = list(dict.fromkeys(n.strip() for n in requested.split(",") if n.strip()))
+    if not names:
+        raise MutationDenied(
+            f"annotation {CONTAINERS_ANNOTATION} is empty; list container names, e.g. 'app,worker'"
+        )
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        known = [str(_mapping(c).get("name", "")) for c in containers]
+        known += [f"{_mapping(c).get('name', '')} (init)" for c in init_containers]
+        raise MutationDenied(
+            f"annotation {CONTAINERS_ANNOTATION} names {', '.join(map(repr, unknown))}, "
+            f"not a container of this pod; its containers are: {', '.join(known)}"
+        )
+    return [by_name[n] for n in names]
+
+
+# --- building the patch ----------------------------------------------------------------------
+
+
+def _properties_volume() -> dict[str, Any]:
+    # Written in the API server's defaulted form (fieldRef.apiVersion, defaultMode) so that a
+    # reinvocation, which sees the defaulted object, finds it equal and leaves it alone.
+    field_path = f"metadata.annotations['{PROPERTIES_ANNOTATION}']"
+    return {
+        "name": PROPERTIES_VOLUME,
+        "downwardAPI": {
+            "items": [
+                {"path": PROPERTIES_FILE, "fieldRef": {"apiVersion": "v1", "fieldPath": field_path}}
+            ],
+            "defaultMode": 420,
+        },
+    }
+
+
+def _properties_mount(config_file: str) -> dict[str, Any]:
+    return {
+        "name": PROPERTIES_VOLUME,
+        "mountPath": config_file,
+        "subPath": PROPERTIES_FILE,
+        "readOnly": True,
+    }
+
+
+def _wrap_command(
+    ops: list[JsonPatchOperation], target: _Target, script: str, warnings: list[str]
+) -> None:
+    command = target.container.get("command")
+    if is_sed_wrapped(command):
+        if command[2] != script:  # stale address, port or home: only the script changes
+            ops.append(_replace(target.tokens("command", 2), script))
+    elif isinstance(command, list) and command:
+        ops.append(_replace(target.tokens("command"), [*_SHELL, script, _SHELL_ARG0, *command]))
+    else:
+        raise MutationDenied(
+            f"container {target.name!r} has no explicit command, so the sed strategy cannot wrap "
+            f"its entrypoint; set its command, or use the mount strategy (annotation "
+            f"{STRATEGY_ANNOTATION}: mount)"
+        )
+    security = _mapping(target.container.get("securityContext"))
+    if security.get("readOnlyRootFilesystem") is True:
+        warnings.append(
+            f"container {target.name!r} has a read-only root filesystem, so the sed strategy "
+            f"cannot edit properties.json in place; use annotation {STRATEGY_ANNOTATION}: mount"
+        )
+
+
+def _drop_mount_strategy(
+    ops: list[JsonPatchOperation], spec: Mapping[str, Any], annotations: Mapping[str, Any]
+) -> None:
+    """Remove what an earlier mount-strategy mutation left (a switch to sed): the read-only
+    mount would hide the file sed edits."""
+    volumes = _sequence(spec.get("volumes"))
+    if any(_mapping(v).get("name") == PROPERTIES_VOLUME for v in volumes):
+        for list_name in ("initContainers", "containers"):
+            for i, item in enumerate(_sequence(spec.get(list_name))):
+                mounts = _sequence(_mapping(item).get("volumeMounts"))
+                tokens: Tokens = ("spec", list_name, i, "volumeMounts")
+                _remove_where(ops, tokens, mounts, _is_properties)
+        _remove_where(ops, ("spec", "volumes"), volumes, _is_properties)
+    if PROPERTIES_ANNOTATION in annotations:
+        path = json_pointer("metadata", "annotations", PROPERTIES_ANNOTATION)
+        ops.append(RemoveOperation.model_construct(path=path))
+
+
+def _is_properties(item: Mapping[str, Any]) -> bool:
+    return item.get("name") == PROPERTIES_VOLUME
+
+
+def _is_config_env(item: Mapping[str, Any]) -> bool:
+    return item.get("name") == CONFIG_ENV
+
+
+def _node_selector(
+    ops: list[JsonPatchOperation], pod: Mapping[str, Any], spec: Mapping[str, Any], plan: _Plan
+) -> None:
+    selector = spec.get("nodeSelector")
+    current = _mapping(selector).get(plan.selector_key)
+    if current is not None and current != plan.selector_value:
+        raise MutationDenied(
+            f"the pod's nodeSelector sets {plan.selector_key}={current!r}, but GVirtuS pods must "
+            f"run on nodes labelled {plan.selector_key}={plan.selector_value}; remove that entry"
+        )
+    _set_entry(ops, pod, ("spec", "nodeSelector", plan.selector_key), plan.selector_value)
+
+
+# --- JSON Patch primitives -------------------------------------------------------------------
+
+
+def _set_entry(
+    ops: list[JsonPatchOperation], root: Mapping[str, Any], path: tuple[str, ...], value: str
+) -> None:
+    """Make ``root[path[0]]...[path[-1]] == value``, adding the first absent object whole."""
+    node: object = root
+    for depth, token in enumerate(path[:-1]):
+        child = node.get(token) if isinstance(node, Mapping) else None
+        if not isinstance(child, Mapping):
+            nested: Any = value
+            for inner in reversed(path[depth + 1 :]):
+                nested = {inner: nested}
+            ops.append(_add(path[: depth + 1], nested))
+            return
+        node = child
+    parent = _mapping(node)
+    if path[-1] not in parent:
+        ops.append(_add(path, value))
+    elif parent[path[-1]] != value:
+        ops.append(_replace(path, value))
+
+
+def _upsert(
+    ops: list[JsonPatchOperation],
+    tokens: Tokens,
+    items: object,
+    value: dict[str, Any],
+    is_ours: _Matcher,
+) -> None:
+    """Put ``value`` in the list at ``tokens``: add the list, append, or fix matching entries.
+
+    The first entry ``is_ours`` accepts is replaced when it differs; further ones are removed,
+    since duplicate names or mount paths make a pod invalid.
+    """
+    if not isinstance(items, list):
+        ops.append(_add(tokens, [value]))
+        return
+    matches = [i for i, item in enumerate(items) if isinstance(item, Mapping) and is_ours(item)]
+    if not matches:
+        ops.append(_add((*tokens, "-"), value))
+        return
+    first, *rest = matches
+    if items[first] != value:
+        ops.append(_replace((*tokens, first), value))
+    for index in reversed(rest):  # descending, so earlier indices stay valid
+        ops.append(RemoveOperation.model_construct(path=json_pointer(*tokens, index)))
+
+
+def _remove_where(
+    ops: list[JsonPatchOperation], tokens: Tokens, items: Sequence[Any], is_ours: _Matcher
+) -> None:
+    for index in reversed(range(len(items))):
+        item = items[index]
+        if isinstance(item, Mapping) and is_ours(item):
+            ops.append(RemoveOperation.model_construct(path=json_pointer(*tokens, index)))
+
+
+def _add(tokens: Tokens, value: Any) -> AddOperation:
+    # model_construct: the values are built here, validating them again would only cost time.
+    return AddOperation.model_construct(path=json_pointer(*tokens), value=value)
+
+
+def _replace(tokens: Tokens, value: Any) -> ReplaceOperation:
+    return ReplaceOperation.model_construct(path=json_pointer(*tokens), value=value)
+
+
+def _mapping(value: object) -> Mapping[str, Any]:
+    return value if isinstance(value, Mapping) else _EMPTY
+
+
+def _sequence(value: object) -> Sequence[Any]:
+    return value if isinstance(value, list) else _NO_ITEMS
