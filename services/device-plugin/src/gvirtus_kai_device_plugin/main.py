@@ -1,0 +1,87 @@
+"""``gvirtus-device-plugin``: advertise virtual GPU slots to the kubelet of a GPU-less node."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+
+from gvirtus_kai_common.health import HealthServer
+from gvirtus_kai_common.logs import setup_logging
+from gvirtus_kai_common.shutdown import stop_event_on_signals
+from prometheus_client import CollectorRegistry
+from pydantic import ValidationError
+
+from gvirtus_kai_device_plugin import files
+from gvirtus_kai_device_plugin.plugin import DevicePlugin
+from gvirtus_kai_device_plugin.settings import ENV_PREFIX, Settings, describe_errors
+
+log = logging.getLogger("gvirtus_kai_device_plugin")
+
+EXIT_BAD_SETTINGS = 2
+
+
+def check_directories(settings: Settings) -> list[str]:
+    """Problems with the two host directories, each naming its setting."""
+    problems = []
+    # The kubelet owns the plugin dir: if it is missing the path is wrong, so do not create it.
+    plugin_dir = files.writability_problem(settings.plugin_dir, create=False)
+    if plugin_dir:
+        problems.append(f"{ENV_PREFIX}PLUGIN_DIR: {plugin_dir}")
+    # Runtimes scan the CDI dir but nothing guarantees it exists yet.
+    cdi_dir = files.writability_problem(settings.cdi_dir, create=True)
+    if cdi_dir:
+        problems.append(f"{ENV_PREFIX}CDI_DIR: {cdi_dir}")
+    return problems
+
+
+async def serve(settings: Settings) -> None:
+    stop = stop_event_on_signals()
+    registry = CollectorRegistry()
+    plugin = DevicePlugin(settings, registry)
+    # Outside the restart loop: a kubelet restart must not take the probe endpoint down.
+    health = HealthServer(
+        settings.health_host, settings.health_port, lambda: plugin.running, registry
+    )
+    await health.start()
+    try:
+        await plugin.run(stop)
+    finally:
+        await health.stop()
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="gvirtus-device-plugin",
+        description=__doc__,
+        epilog=f"Configured by {ENV_PREFIX}* environment variables (see the README).",
+    )
+    parser.parse_args(argv)
+    try:
+        settings = Settings()
+    except ValidationError as error:
+        setup_logging("info")
+        for line in describe_errors(error).splitlines():
+            log.error(f"invalid setting {line}")
+        sys.exit(EXIT_BAD_SETTINGS)
+    setup_logging(settings.log_level)
+    problems = check_directories(settings)
+    if problems:
+        for problem in problems:
+            log.error(f"invalid setting {problem}")
+        sys.exit(EXIT_BAD_SETTINGS)
+    log.info(
+        "starting",
+        extra={
+            "resource": settings.resource_name,
+            "devices": settings.device_count,
+            "plugin_dir": str(settings.plugin_dir),
+            "cdi_spec": str(settings.cdi_spec_path),
+        },
+    )
+    asyncio.run(serve(settings))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,207 @@
+"""The plugin's life cycle: serve our socket, register with the kubelet, re-register on restart.
+
+Watching the plugin directory is a 100 ms ``os.stat`` poll of two paths rather than inotify: it
+needs no native binding, works on any file system a hostPath may be, cannot miss an event when
+the directory itself is replaced, and its cost (20 stat calls a second) is negligible. It bounds
+the delay between a new ``kubelet.sock`` and our registration to about 100 ms plus the RPCs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import grpc
+from gvirtus_kai_common.backoff import Backoff
+from prometheus_client import CollectorRegistry
+
+from gvirtus_kai_device_plugin import devices, files
+from gvirtus_kai_device_plugin.api import API_VERSION, api_pb2, api_pb2_grpc
+from gvirtus_kai_device_plugin.service import DevicePluginService, DeviceState, Metrics
+from gvirtus_kai_device_plugin.settings import Settings
+
+log = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1
+RPC_TIMEOUT_SECONDS = 5.0
+STOP_GRACE_SECONDS = 0.2
+
+
+class FileIdentity(NamedTuple):
+    device: int
+    inode: int
+    changed_ns: int
+
+
+def identity(path: Path) -> FileIdentity | None:
+    """What tells one incarnation of a socket file from the next (a restarted kubelet makes a
+    new file, usually with a new inode; ctime covers inode reuse)."""
+    try:
+        status = os.stat(path)
+    except OSError:
+        return None
+    return FileIdentity(status.st_dev, status.st_ino, status.st_ctime_ns)
+
+
+class DevicePlugin:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+        self.settings = settings
+        self.state = DeviceState(devices.device_ids(settings.device_count))
+        self.metrics = Metrics(registry or CollectorRegistry())
+        self.metrics.devices.set(settings.device_count)
+        self.running = False
+        self._server: Any = None  # grpc.aio.Server (grpc ships no type hints)
+        self._service: DevicePluginService | None = None
+        self._backoff = Backoff(initial=0.2, maximum=10.0)
+
+    async def run(self, stop: asyncio.Event) -> None:
+        """Serve until ``stop`` is set; then remove our socket and CDI spec."""
+        self.running = True
+        try:
+            self.write_cdi_spec()
+            while not stop.is_set():
+                await self._serve_and_register_once(stop)
+        finally:
+            self.running = False
+            self.metrics.registered.set(0)
+            await self._stop_server()
+            files.remove_quietly(self.settings.cdi_spec_path)
+            log.info("stopped; socket and CDI spec removed")
+
+    def write_cdi_spec(self) -> None:
+        spec = devices.cdi_spec(self.settings.cdi_kind, self.state.ids)
+        files.write_atomically(self.settings.cdi_spec_path, spec)
+        log.info("CDI spec written", extra={"path": str(self.settings.cdi_spec_path)})
+
+    async def _serve_and_register_once(self, stop: asyncio.Event) -> None:
+        """One incarnation: fresh server and socket, registration, watch until it must restart."""
+        try:
+            await self._start_server()
+            await self._check_answers()
+        except (OSError, RuntimeError, grpc.aio.AioRpcError) as error:
+            log.error("could not serve our socket", extra={"error": _describe(error)})
+            await self._stop_server()
+            await _sleep_unless(stop, self._backoff.next_delay())
+            return
+        registered_with = await self._register_until_accepted(stop)
+        if registered_with is not None:
+            reason = await self._watch(stop, registered_with)
+            log.info("restarting", extra={"reason": reason})
+        self.metrics.registered.set(0)
+        await self._stop_server()
+
+    async def _start_server(self) -> None:
+        socket_path = self.settings.socket_path
+        files.remove_quietly(socket_path)  # a stale file from a previous run blocks the bind
+        self._service = DevicePluginService(self.state, self.settings.cdi_kind, self.metrics)
+        server = grpc.aio.server()
+        api_pb2_grpc.add_DevicePluginServicer_to_server(self._service, server)
+        server.add_insecure_port(f"unix://{socket_path}")
+        self._server = server
+        await server.start()
+        log.info("serving", extra={"socket": str(socket_path)})
+
+    async def _check_answers(self) -> None:
+        """Dial our own socket as the kubelet will; registering a dead endpoint helps no one."""
+        async with grpc.aio.insecure_channel(f"unix://{self.settings.socket_path}") as channel:
+            stub = api_pb2_grpc.DevicePluginStub(channel)
+            await stub.GetDevicePluginOptions(api_pb2.Empty(), timeout=RPC_TIMEOUT_SECONDS)
+
+    async def _stop_server(self) -> None:
+        service, server = self._service, self._server
+        self._service, self._server = None, None
+        if service is not None:
+            await service.close()
+        if server is not None:
+            await server.stop(STOP_GRACE_SECONDS)
+        files.remove_quietly(self.settings.socket_path)
+
+    def _register_request(self) -> api_pb2.RegisterRequest:
+        return api_pb2.RegisterRequest(
+            version=API_VERSION,
+            endpoint=self.settings.socket_name,
+            resource_name=self.settings.resource_name,
+            options=api_pb2.DevicePluginOptions(
+                pre_start_required=False, get_preferred_allocation_available=True
+            ),
+        )
+
+    async def _register_until_accepted(self, stop: asyncio.Event) -> FileIdentity | None:
+        """Register, retrying with backoff; returns the kubelet socket we registered with, or
+        None when stopping or when our own socket vanished (the caller then restarts)."""
+        kubelet_socket = self.settings.kubelet_socket
+        while not stop.is_set():
+            if not self.settings.socket_path.exists():
+                return None
+            attempted_with = identity(kubelet_socket)
+            try:
+                async with grpc.aio.insecure_channel(f"unix://{kubelet_socket}") as channel:
+                    stub = api_pb2_grpc.RegistrationStub(channel)
+                    await stub.Register(self._register_request(), timeout=RPC_TIMEOUT_SECONDS)
+            except grpc.aio.AioRpcError as error:
+                self.metrics.registration_failures.inc()
+                delay = self._backoff.next_delay()
+                log.warning(
+                    "kubelet registration failed; retrying",
+                    extra={
+                        "error": _describe(error),
+                        "retry_in_seconds": round(delay, 3),
+                        "attempt": self._backoff.attempts,
+                    },
+                )
+                await self._wait_for_retry(stop, delay, attempted_with)
+                continue
+            self._backoff.reset()
+            self.metrics.registrations.inc()
+            self.metrics.registered.set(1)
+            log.info(
+                "registered with the kubelet",
+                extra={
+                    "resource": self.settings.resource_name,
+                    "endpoint": self.settings.socket_name,
+                    "devices": self.settings.device_count,
+                },
+            )
+            return attempted_with
+        return None
+
+    async def _wait_for_retry(
+        self, stop: asyncio.Event, delay: float, attempted_with: FileIdentity | None
+    ) -> None:
+        """Sleep ``delay``, cut short by stop or by a new kubelet socket (a kubelet that just
+        started is worth trying at once: that is what keeps re-registration under a second)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + delay
+        while not stop.is_set() and loop.time() < deadline:
+            current = identity(self.settings.kubelet_socket)
+            if current is not None and current != attempted_with:
+                return
+            await _sleep_unless(stop, min(POLL_SECONDS, max(0.0, deadline - loop.time())))
+
+    async def _watch(self, stop: asyncio.Event, registered_with: FileIdentity | None) -> str:
+        """Wait until something forces a new registration; returns why."""
+        while not stop.is_set():
+            await _sleep_unless(stop, POLL_SECONDS)
+            if stop.is_set():
+                break
+            if not self.settings.socket_path.exists():
+                return "our socket was removed"
+            current = identity(self.settings.kubelet_socket)
+            if current is not None and current != registered_with:
+                return "kubelet.sock was re-created (kubelet restart)"
+        return "stopping"
+
+
+async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
+    with contextlib.suppress(TimeoutError):
+        await asyncio.wait_for(stop.wait(), timeout=seconds)
+
+
+def _describe(error: BaseException) -> str:
+    if isinstance(error, grpc.aio.AioRpcError):
+        return f"{error.code().name}: {error.details()}"
+    return f"{type(error).__name__}: {error}"

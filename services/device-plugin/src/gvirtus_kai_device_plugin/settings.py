@@ -1,0 +1,102 @@
+"""Device plugin settings, read from ``GVIRTUS_KAI_*`` environment variables."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "GVIRTUS_KAI_"
+
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
+_DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
+# CDI names (container-device-interface parser rules, spec 0.5.0 which is what we write):
+# vendor starts with a letter, may hold dots; class starts with a letter, no dots (dots in the
+# class need spec 0.6.0, which containerd 1.7.0's CDI library rejects).
+_CDI_VENDOR = re.compile(r"^[A-Za-z]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
+_CDI_CLASS = re.compile(r"^[A-Za-z]([-A-Za-z0-9_]*[A-Za-z0-9])?$")
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    resource_name: str = "nvidia.com/gpu"
+    device_count: int = Field(16, ge=1, le=1024)
+    plugin_dir: Path = Path("/var/lib/kubelet/device-plugins")
+    cdi_dir: Path = Path("/var/run/cdi")
+    cdi_kind: str = "gvirtus.io/vgpu"
+    health_host: str = "0.0.0.0"
+    health_port: int = Field(8080, ge=0, le=65535)
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _lower_level(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("resource_name")
+    @classmethod
+    def _check_resource_name(cls, value: str) -> str:
+        """An extended resource name as the kubelet accepts it: ``<domain>/<name>``."""
+        domain, sep, name = value.partition("/")
+        if not sep or not _DNS_SUBDOMAIN.match(domain) or len(domain) > 253:
+            raise ValueError(f"{value!r} is not an extended resource name like vendor.com/device")
+        if not _QUALIFIED_NAME.match(name):
+            raise ValueError(f"{value!r}: {name!r} is not a valid resource name")
+        if domain == "kubernetes.io" or domain.endswith(".kubernetes.io"):
+            raise ValueError(f"{value!r}: kubernetes.io is reserved for native resources")
+        # The API server also accepts a quota for it, named requests.<name>: keep that valid too.
+        if len(f"requests.{name}") > 63:
+            raise ValueError(f"{value!r}: the name part is too long")
+        return value
+
+    @field_validator("cdi_kind")
+    @classmethod
+    def _check_cdi_kind(cls, value: str) -> str:
+        vendor, sep, device_class = value.partition("/")
+        if not sep or not _CDI_VENDOR.match(vendor) or not _CDI_CLASS.match(device_class):
+            raise ValueError(
+                f"{value!r} is not a CDI kind like vendor.com/class "
+                "(vendor: letters, digits, '-', '_', '.'; class: letters, digits, '-', '_'; "
+                "both start with a letter)"
+            )
+        return value
+
+    @field_validator("plugin_dir", "cdi_dir")
+    @classmethod
+    def _check_absolute(cls, value: Path) -> Path:
+        if not value.is_absolute():
+            raise ValueError(f"{str(value)!r} must be an absolute path")
+        return value
+
+    @property
+    def socket_name(self) -> str:
+        """Our socket's file name in the plugin dir, unique per resource name."""
+        return f"gvirtus-{self.resource_name.replace('/', '-')}.sock"
+
+    @property
+    def socket_path(self) -> Path:
+        return self.plugin_dir / self.socket_name
+
+    @property
+    def kubelet_socket(self) -> Path:
+        return self.plugin_dir / "kubelet.sock"
+
+    @property
+    def cdi_spec_path(self) -> Path:
+        """CDI's file naming convention: ``<vendor>-<class>.json``."""
+        return self.cdi_dir / f"{self.cdi_kind.replace('/', '-')}.json"
+
+
+def describe_errors(error: ValidationError) -> str:
+    """One line per bad setting, each naming the environment variable to fix."""
+    lines = []
+    for item in error.errors():
+        field = str(item["loc"][0]) if item["loc"] else "?"
+        message = item["msg"].removeprefix("Value error, ")
+        lines.append(f"{ENV_PREFIX}{field.upper()}: {message} (got {item.get('input')!r})")
+    return "\n".join(lines)

@@ -1,0 +1,154 @@
+"""A kubelet emulator: the Registration side of the device plugin API on a real unix socket.
+
+Like the kubelet's device manager it serves ``Registration`` on ``kubelet.sock`` in the plugin
+directory, checks the API version, records each RegisterRequest, and then dials the endpoint the
+plugin named and calls ``GetDevicePluginOptions`` and ``ListAndWatch``, keeping the stream open
+and recording every device list it receives. ``allocate`` and ``preferred_allocation`` make the
+calls the kubelet makes when a pod is admitted and its containers are created.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+
+from gvirtus_kai_device_plugin.api import API_VERSION, api_pb2, api_pb2_grpc
+
+WAIT_SECONDS = 10.0  # generous: a loaded 2-core CI machine must not make a test flaky
+
+
+@dataclass
+class Registration:
+    request: api_pb2.RegisterRequest
+    received_at: float  # time.monotonic()
+    options: api_pb2.DevicePluginOptions | None = None  # what the plugin answered when dialled
+
+
+@dataclass
+class KubeletEmulator:
+    plugin_dir: Path
+    # Answer this many Register calls with an error first, as a kubelet does for a bad request.
+    refusals: int = 0
+    registrations: list[Registration] = field(default_factory=list)
+    refused: list[api_pb2.RegisterRequest] = field(default_factory=list)
+    device_lists: list[list[tuple[str, str]]] = field(default_factory=list)
+    stream_status: grpc.StatusCode | None = None
+    socket_created_at: float = 0.0
+    _server: Any = None
+    _changed: asyncio.Condition = field(default_factory=asyncio.Condition)
+    _tasks: set[asyncio.Task[None]] = field(default_factory=set)
+
+    @property
+    def socket(self) -> Path:
+        return self.plugin_dir / "kubelet.sock"
+
+    async def start(self) -> None:
+        self._server = grpc.aio.server()
+        api_pb2_grpc.add_RegistrationServicer_to_server(self, self._server)
+        self._server.add_insecure_port(f"unix://{self.socket}")
+        await self._server.start()
+        self.socket_created_at = time.monotonic()
+
+    async def stop(self) -> None:
+        """Stop like a kubelet going down: close the server and remove kubelet.sock."""
+        for task in self._tasks:
+            task.cancel()
+        for task in list(self._tasks):
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        if self._server is not None:
+            await self._server.stop(0)
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+
+    async def Register(  # gRPC method name
+        self, request: api_pb2.RegisterRequest, context: Any
+    ) -> api_pb2.Empty:
+        if self.refusals > 0:
+            self.refusals -= 1
+            self.refused.append(request)
+            await context.abort(grpc.StatusCode.UNAVAILABLE, "emulated kubelet refuses for now")
+        if request.version != API_VERSION:
+            await context.abort(
+                grpc.StatusCode.INVALID_ARGUMENT, f"unsupported version {request.version!r}"
+            )
+        registration = Registration(request, time.monotonic())
+        async with self._changed:
+            self.registrations.append(registration)
+            self._changed.notify_all()
+        task = asyncio.create_task(self._dial(registration))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return api_pb2.Empty()
+
+    def _channel(self, endpoint: str) -> Any:
+        return grpc.aio.insecure_channel(f"unix://{self.plugin_dir / endpoint}")
+
+    async def _dial(self, registration: Registration) -> None:
+        async with self._channel(registration.request.endpoint) as channel:
+            stub = api_pb2_grpc.DevicePluginStub(channel)
+            registration.options = await stub.GetDevicePluginOptions(
+                api_pb2.Empty(), timeout=WAIT_SECONDS
+            )
+            call = stub.ListAndWatch(api_pb2.Empty())
+            async for response in call:
+                async with self._changed:
+                    self.device_lists.append([(d.ID, d.health) for d in response.devices])
+                    self._changed.notify_all()
+            async with self._changed:
+                self.stream_status = await call.code()
+                self._changed.notify_all()
+
+    async def wait_for(self, condition: Any, timeout: float = WAIT_SECONDS) -> None:
+        async with self._changed:
+            await asyncio.wait_for(self._changed.wait_for(condition), timeout)
+
+    async def wait_for_registrations(self, count: int = 1, timeout: float = WAIT_SECONDS) -> None:
+        await self.wait_for(lambda: len(self.registrations) >= count, timeout)
+
+    async def wait_for_device_lists(self, count: int = 1, timeout: float = WAIT_SECONDS) -> None:
+        await self.wait_for(lambda: len(self.device_lists) >= count, timeout)
+
+    async def allocate(self, *containers: list[str]) -> api_pb2.AllocateResponse:
+        request = api_pb2.AllocateRequest(
+            container_requests=[api_pb2.ContainerAllocateRequest(devices_ids=c) for c in containers]
+        )
+        async with self._channel(self.registrations[-1].request.endpoint) as channel:
+            response: api_pb2.AllocateResponse = await api_pb2_grpc.DevicePluginStub(
+                channel
+            ).Allocate(request, timeout=WAIT_SECONDS)
+            return response
+
+    async def preferred_allocation(
+        self, available: list[str], must_include: list[str], size: int
+    ) -> list[str]:
+        request = api_pb2.PreferredAllocationRequest(
+            container_requests=[
+                api_pb2.ContainerPreferredAllocationRequest(
+                    available_deviceIDs=available,
+                    must_include_deviceIDs=must_include,
+                    allocation_size=size,
+                )
+            ]
+        )
+        async with self._channel(self.registrations[-1].request.endpoint) as channel:
+            response: api_pb2.PreferredAllocationResponse = await api_pb2_grpc.DevicePluginStub(
+                channel
+            ).GetPreferredAllocation(request, timeout=WAIT_SECONDS)
+            return list(response.container_responses[0].deviceIDs)
+
+    async def pre_start_container(self, ids: list[str]) -> api_pb2.PreStartContainerResponse:
+        async with self._channel(self.registrations[-1].request.endpoint) as channel:
+            response: api_pb2.PreStartContainerResponse = await api_pb2_grpc.DevicePluginStub(
+                channel
+            ).PreStartContainer(
+                api_pb2.PreStartContainerRequest(devices_ids=ids), timeout=WAIT_SECONDS
+            )
+            return response
