@@ -1,0 +1,198 @@
+"""One admission review, from request bytes to response bytes.
+
+Every review whose ``request.uid`` can be read is answered with an AdmissionReview (HTTP 200), even
+when the rest of it is unusable: the API server then shows the user our message instead of a
+transport error. Only bodies without a readable uid get a 400 with a JSON error body.
+"""
+
+from __future__ import annotations
+
+import base64
+import logging
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from pydantic import TypeAdapter, ValidationError
+
+from .dns import BackendResolutionError, BackendResolver
+from .metrics import Outcome, WebhookMetrics
+from .models import (
+    ADMISSION_VERSIONS,
+    AdmissionRequest,
+    AdmissionResponse,
+    AdmissionReview,
+    AdmissionReviewResponse,
+    JsonPatchOperation,
+    Status,
+)
+from .mutation import MutationDenied, is_enabled, mutate_pod
+from .settings import Settings
+
+log = logging.getLogger(__name__)
+
+_PATCH = TypeAdapter(list[JsonPatchOperation])
+_LOG_FIELD_MAX = 253  # longest Kubernetes name; keeps hostile input from bloating log lines
+_MAX_VALIDATION_ERRORS = 3
+
+
+@dataclass(frozen=True, slots=True)
+class HttpReply:
+    status: int
+    body: bytes
+
+
+def error_body(status: int, message: str) -> bytes:
+    """The JSON body of a non-200 answer (no AdmissionReview could be built)."""
+    return orjson.dumps({"code": status, "message": message})
+
+
+def _clip(value: object) -> str | None:
+    if not isinstance(value, str):
+        return None
+    return value if len(value) <= _LOG_FIELD_MAX else value[:_LOG_FIELD_MAX] + "…"
+
+
+def _pod_name(request: Mapping[str, Any]) -> str | None:
+    """The pod's name for logs; pods created by controllers only have a generateName prefix."""
+    pod = request.get("object")
+    metadata = pod.get("metadata") if isinstance(pod, dict) else None
+    if isinstance(metadata, dict):
+        name = metadata.get("name") or metadata.get("generateName")
+        if name:
+            return _clip(name)
+    return _clip(request.get("name"))
+
+
+def _describe_validation_error(exc: ValidationError) -> str:
+    problems = [
+        f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+        for error in exc.errors(include_url=False, include_input=False)[:_MAX_VALIDATION_ERRORS]
+    ]
+    more = exc.error_count() - len(problems)
+    suffix = f" (and {more} more)" if more > 0 else ""
+    return f"malformed AdmissionReview: {'; '.join(problems)}{suffix}"
+
+
+class _Denial(Exception):
+    def __init__(self, code: int, message: str, outcome: Outcome = Outcome.DENIED) -> None:
+        super().__init__(message)
+        self.code = code
+        self.outcome = outcome
+
+
+class AdmissionReviewer:
+    def __init__(
+        self, settings: Settings, resolver: BackendResolver, metrics: WebhookMetrics
+    ) -> None:
+        self._settings = settings
+        self._resolver = resolver
+        self._metrics = metrics
+        self._admissions = {o: metrics.admissions.labels(o.value) for o in Outcome}
+
+    async def review(self, body: bytes) -> HttpReply:
+        """Answer one ``POST /mutate`` body; never raises."""
+        started = time.perf_counter()
+        try:
+            document = orjson.loads(body)
+        except orjson.JSONDecodeError as exc:
+            return self.reject(400, f"request body is not valid JSON: {exc}", started)
+        if not isinstance(document, dict):
+            return self.reject(400, "request body must be a JSON AdmissionReview object", started)
+        api_version = document.get("apiVersion")
+        if api_version not in ADMISSION_VERSIONS:
+            message = (
+                f"unsupported apiVersion {_clip(api_version)!r}; "
+                f"supported: {', '.join(ADMISSION_VERSIONS)}"
+            )
+            return self.reject(400, message, started)
+        request = document.get("request")
+        uid = request.get("uid") if isinstance(request, dict) else None
+        if not isinstance(uid, str) or not uid:
+            return self.reject(400, "AdmissionReview has no request.uid", started)
+        assert isinstance(request, dict)
+
+        outcome, response = await self._decide(document, uid)
+        reply = AdmissionReviewResponse(apiVersion=api_version, response=response)
+        payload = reply.model_dump_json(exclude_none=True).encode()
+        elapsed = time.perf_counter() - started
+        self._admissions[outcome].inc()
+        self._metrics.admission_duration.observe(elapsed)
+        if log.isEnabledFor(logging.INFO):
+            log.info(
+                "admission",
+                extra={
+                    "uid": _clip(uid),
+                    "namespace": _clip(request.get("namespace")),
+                    "pod": _pod_name(request),
+                    "outcome": outcome.value,
+                    "duration_ms": round(elapsed * 1000, 3),
+                    "reason": response.status.message if response.status else None,
+                },
+            )
+        return HttpReply(200, payload)
+
+    async def _decide(
+        self, document: dict[str, Any], uid: str
+    ) -> tuple[Outcome, AdmissionResponse]:
+        try:
+            try:
+                review = AdmissionReview.model_validate(document)
+            except ValidationError as exc:
+                raise _Denial(400, _describe_validation_error(exc), Outcome.ERROR) from None
+            return await self._admit(review.request)
+        except _Denial as denial:
+            status = Status(code=denial.code, message=str(denial))
+            return denial.outcome, AdmissionResponse(uid=uid, allowed=False, status=status)
+        except Exception as exc:
+            # A bug, not a user error: refuse the pod with a message that says so.
+            log.exception("admission failed", extra={"uid": _clip(uid)})
+            message = (
+                f"internal error in the GVirtuS webhook ({type(exc).__name__}); "
+                "see the webhook logs"
+            )
+            status = Status(code=500, message=message)
+            return Outcome.ERROR, AdmissionResponse(uid=uid, allowed=False, status=status)
+
+    async def _admit(self, request: AdmissionRequest) -> tuple[Outcome, AdmissionResponse]:
+        allowed = Outcome.ALLOWED, AdmissionResponse(uid=request.uid, allowed=True)
+        kind = request.kind
+        if kind is None or kind.kind != "Pod" or kind.group != "" or request.operation != "CREATE":
+            return allowed
+        pod = request.object
+        if pod is None:
+            message = "malformed AdmissionReview: request.object is missing"
+            raise _Denial(400, message, Outcome.ERROR)
+        if not is_enabled(pod):
+            return allowed
+        try:
+            address = await self._resolver.resolve()
+        except BackendResolutionError as exc:
+            raise _Denial(503, str(exc)) from None
+        try:
+            mutation = mutate_pod(pod, self._settings, address)
+        except MutationDenied as exc:
+            raise _Denial(400, str(exc)) from None
+        warnings = list(mutation.warnings) or None
+        if not mutation.patch:
+            return Outcome.ALLOWED, AdmissionResponse(
+                uid=request.uid, allowed=True, warnings=warnings
+            )
+        patch = base64.b64encode(_PATCH.dump_json(mutation.patch)).decode("ascii")
+        response = AdmissionResponse(
+            uid=request.uid, allowed=True, patchType="JSONPatch", patch=patch, warnings=warnings
+        )
+        return Outcome.MUTATED, response
+
+    def reject(self, status: int, message: str, started: float | None = None) -> HttpReply:
+        """Count, log and answer a request that carries no usable AdmissionReview."""
+        elapsed = 0.0 if started is None else time.perf_counter() - started
+        self._admissions[Outcome.ERROR].inc()
+        self._metrics.admission_duration.observe(elapsed)
+        log.warning(
+            "admission request rejected",
+            extra={"status": status, "reason": message[:_LOG_FIELD_MAX]},
+        )
+        return HttpReply(status, error_body(status, message))
