@@ -16,10 +16,10 @@ VENV_STAMP  := $(VENV)/.installed
 HELM        := $(TOOLS)/helm
 CHECKOV_VENV := .tools/checkov
 
-.PHONY: help demo test pytest lint fmt bench tools clean constraints
+.PHONY: help demo test pytest e2e lint fmt bench tools clean constraints
 
 help: ## list targets
-	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
 
 $(VENV_STAMP): constraints.txt requirements/dev.txt $(addsuffix /pyproject.toml,$(SERVICES))
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,9 @@ test: lint pytest ## every check and test suite (what CI runs)
 
 pytest: $(VENV_STAMP) $(HELM) $(CHECKOV_VENV)/.installed
 	$(BIN)/pytest
+
+e2e: $(VENV_STAMP) $(HELM) ## end-to-end suite against the cluster in KUBECONFIG (installs the chart)
+	$(BIN)/pytest tests/e2e -m e2e -v
 
 lint: $(VENV_STAMP) $(HELM) ## ruff, mypy --strict, yamllint, hadolint, actionlint, shellcheck, helm lint
 	$(BIN)/ruff check .
