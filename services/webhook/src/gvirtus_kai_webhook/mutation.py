@@ -206,9 +206,9 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str)
     if not any(_gpu_quantity(t.container, "limits", plan.gpu_resource) for t in targets):
         names = ", ".join(t.name for t in targets)
         warnings.append(
-            f"no GVirtuS target container ({names}) sets resources.limits['{plan.gpu_resource}']; "
-            f"without it the pod is not given a virtual GPU slot and may land on a node without "
-            f"GVirtuS support: add '{plan.gpu_resource}: 1' to the container's resources.limits"
+            f"no GVirtuS target container ({names}) sets resources.limits['{plan.gpu_resource}'], "
+            f"so the pod gets no virtual GPU slot from the GVirtuS device plugin; add "
+            f"'{plan.gpu_resource}: 1' to the resources.limits of the container that uses CUDA"
         )
     return Mutation(ops, warnings)
 

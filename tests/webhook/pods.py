@@ -1,0 +1,82 @@
+"""Pod fixtures and checks shared by the mutation and CLI tests."""
+
+from __future__ import annotations
+
+import copy
+import json
+from collections import Counter
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+import jsonpatch
+import kubernetes_validate
+from gvirtus_kai_webhook.mutation import Mutation
+from kubernetes_validate.utils import latest_version
+
+REVIEWS = Path(__file__).parent / "fixtures" / "reviews"
+POD_REVIEWS = sorted(p.name for p in REVIEWS.glob("pod-*.json"))
+BACKEND_IP = "10.96.0.42"
+# The newest Kubernetes schema kubernetes-validate ships.
+KUBERNETES_VERSION = latest_version()
+
+
+@cache
+def _review_text(name: str) -> str:
+    return (REVIEWS / name).read_text()
+
+
+def review(name: str) -> dict[str, Any]:
+    """A fresh copy of an AdmissionReview fixture (tests may edit it)."""
+    loaded: dict[str, Any] = json.loads(_review_text(name))
+    return loaded
+
+
+def pod(name: str = "pod-gpu-v1.json") -> dict[str, Any]:
+    obj: dict[str, Any] = review(name)["request"]["object"]
+    return obj
+
+
+def patch_document(mutation: Mutation) -> list[dict[str, Any]]:
+    return [op.model_dump() for op in mutation.patch]
+
+
+def apply(obj: dict[str, Any], mutation: Mutation) -> dict[str, Any]:
+    """The object after the mutation's JSON Patch, applied by an independent RFC 6902 library."""
+    patched: dict[str, Any] = jsonpatch.apply_patch(copy.deepcopy(obj), patch_document(mutation))
+    return patched
+
+
+def _duplicates(values: list[Any]) -> list[Any]:
+    return [value for value, count in Counter(values).items() if count > 1]
+
+
+def assert_valid_pod(obj: dict[str, Any]) -> None:
+    """Schema validation plus the list-map rules the API server enforces and the schema lacks."""
+    kubernetes_validate.validate(obj, KUBERNETES_VERSION, strict=True)
+    spec = obj["spec"]
+    volumes = [v["name"] for v in spec.get("volumes") or []]
+    assert not _duplicates(volumes), f"duplicate volumes {_duplicates(volumes)}"
+    containers = (spec.get("initContainers") or []) + spec["containers"]
+    assert not _duplicates([c["name"] for c in containers]), "duplicate container names"
+    for container in containers:
+        mounts = container.get("volumeMounts") or []
+        paths = [m["mountPath"] for m in mounts]
+        assert not _duplicates(paths), f"{container['name']}: duplicate mounts {paths}"
+        missing = {m["name"] for m in mounts} - set(volumes)
+        assert not missing, f"{container['name']} mounts undeclared volumes {missing}"
+        env = [e["name"] for e in container.get("env") or []]
+        assert not _duplicates(env), f"{container['name']}: duplicate env {_duplicates(env)}"
+
+
+def container(obj: dict[str, Any], name: str) -> dict[str, Any]:
+    spec = obj["spec"]
+    for item in (spec.get("initContainers") or []) + spec["containers"]:
+        if item["name"] == name:
+            found: dict[str, Any] = item
+            return found
+    raise KeyError(name)
+
+
+def env_of(item: dict[str, Any]) -> dict[str, Any]:
+    return {e["name"]: e.get("value") for e in item.get("env") or []}
