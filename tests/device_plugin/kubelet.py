@@ -17,7 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import grpc
-
 from gvirtus_kai_device_plugin.api import API_VERSION, api_pb2, api_pb2_grpc
 
 WAIT_SECONDS = 10.0  # generous: a loaded 2-core CI machine must not make a test flaky
@@ -89,7 +88,11 @@ class KubeletEmulator:
         return api_pb2.Empty()
 
     def _channel(self, endpoint: str) -> Any:
-        return grpc.aio.insecure_channel(f"unix://{self.plugin_dir / endpoint}")
+        # Own subchannel pool: no connection state shared with the plugin's channels in-process.
+        return grpc.aio.insecure_channel(
+            f"unix://{self.plugin_dir / endpoint}",
+            options=[("grpc.use_local_subchannel_pool", 1)],
+        )
 
     async def _dial(self, registration: Registration) -> None:
         async with self._channel(registration.request.endpoint) as channel:
@@ -106,15 +109,15 @@ class KubeletEmulator:
                 self.stream_status = await call.code()
                 self._changed.notify_all()
 
-    async def wait_for(self, condition: Any, timeout: float = WAIT_SECONDS) -> None:
+    async def wait_for(self, condition: Any, within: float = WAIT_SECONDS) -> None:
         async with self._changed:
-            await asyncio.wait_for(self._changed.wait_for(condition), timeout)
+            await asyncio.wait_for(self._changed.wait_for(condition), within)
 
-    async def wait_for_registrations(self, count: int = 1, timeout: float = WAIT_SECONDS) -> None:
-        await self.wait_for(lambda: len(self.registrations) >= count, timeout)
+    async def wait_for_registrations(self, count: int = 1, within: float = WAIT_SECONDS) -> None:
+        await self.wait_for(lambda: len(self.registrations) >= count, within)
 
-    async def wait_for_device_lists(self, count: int = 1, timeout: float = WAIT_SECONDS) -> None:
-        await self.wait_for(lambda: len(self.device_lists) >= count, timeout)
+    async def wait_for_device_lists(self, count: int = 1, within: float = WAIT_SECONDS) -> None:
+        await self.wait_for(lambda: len(self.device_lists) >= count, within)
 
     async def allocate(self, *containers: list[str]) -> api_pb2.AllocateResponse:
         request = api_pb2.AllocateRequest(

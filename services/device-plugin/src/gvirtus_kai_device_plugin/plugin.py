@@ -29,6 +29,10 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 RPC_TIMEOUT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 0.2
+# grpc shares subchannels between channels to the same address, and a shared subchannel that
+# failed to connect sits out a reconnect backoff (1 s, growing): a fresh channel would then fail at
+# once although a new kubelet is listening. A local pool gives each attempt a fresh connection.
+CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
 
 
 class FileIdentity(NamedTuple):
@@ -107,7 +111,7 @@ class DevicePlugin:
 
     async def _check_answers(self) -> None:
         """Dial our own socket as the kubelet will; registering a dead endpoint helps no one."""
-        async with grpc.aio.insecure_channel(f"unix://{self.settings.socket_path}") as channel:
+        async with _channel(self.settings.socket_path) as channel:
             stub = api_pb2_grpc.DevicePluginStub(channel)
             await stub.GetDevicePluginOptions(api_pb2.Empty(), timeout=RPC_TIMEOUT_SECONDS)
 
@@ -139,7 +143,7 @@ class DevicePlugin:
                 return None
             attempted_with = identity(kubelet_socket)
             try:
-                async with grpc.aio.insecure_channel(f"unix://{kubelet_socket}") as channel:
+                async with _channel(kubelet_socket) as channel:
                     stub = api_pb2_grpc.RegistrationStub(channel)
                     await stub.Register(self._register_request(), timeout=RPC_TIMEOUT_SECONDS)
             except grpc.aio.AioRpcError as error:
@@ -194,6 +198,10 @@ class DevicePlugin:
             if current is not None and current != registered_with:
                 return "kubelet.sock was re-created (kubelet restart)"
         return "stopping"
+
+
+def _channel(socket_path: Path) -> Any:
+    return grpc.aio.insecure_channel(f"unix://{socket_path}", options=CHANNEL_OPTIONS)
 
 
 async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:

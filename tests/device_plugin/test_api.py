@@ -1,0 +1,101 @@
+"""The proto matches the kubelet's wire API, and the committed stubs match the proto."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from gvirtus_kai_device_plugin.api import api_pb2
+
+SERVICE_ROOT = Path(__file__).resolve().parents[2] / "services" / "device-plugin"
+PACKAGE_API = SERVICE_ROOT / "src" / "gvirtus_kai_device_plugin" / "api"
+
+# (message, field, number) as in k8s.io/kubelet/pkg/apis/deviceplugin/v1beta1/api.proto.
+KUBELET_FIELDS = [
+    ("DevicePluginOptions", "pre_start_required", 1),
+    ("DevicePluginOptions", "get_preferred_allocation_available", 2),
+    ("RegisterRequest", "version", 1),
+    ("RegisterRequest", "endpoint", 2),
+    ("RegisterRequest", "resource_name", 3),
+    ("RegisterRequest", "options", 4),
+    ("ListAndWatchResponse", "devices", 1),
+    ("TopologyInfo", "nodes", 1),
+    ("NUMANode", "ID", 1),
+    ("Device", "ID", 1),
+    ("Device", "health", 2),
+    ("Device", "topology", 3),
+    ("PreStartContainerRequest", "devices_ids", 1),
+    ("PreferredAllocationRequest", "container_requests", 1),
+    ("ContainerPreferredAllocationRequest", "available_deviceIDs", 1),
+    ("ContainerPreferredAllocationRequest", "must_include_deviceIDs", 2),
+    ("ContainerPreferredAllocationRequest", "allocation_size", 3),
+    ("PreferredAllocationResponse", "container_responses", 1),
+    ("ContainerPreferredAllocationResponse", "deviceIDs", 1),
+    ("AllocateRequest", "container_requests", 1),
+    ("ContainerAllocateRequest", "devices_ids", 1),
+    ("CDIDevice", "name", 1),
+    ("AllocateResponse", "container_responses", 1),
+    ("ContainerAllocateResponse", "envs", 1),
+    ("ContainerAllocateResponse", "mounts", 2),
+    ("ContainerAllocateResponse", "devices", 3),
+    ("ContainerAllocateResponse", "annotations", 4),
+    ("ContainerAllocateResponse", "cdi_devices", 5),
+    ("Mount", "container_path", 1),
+    ("Mount", "host_path", 2),
+    ("Mount", "read_only", 3),
+    ("DeviceSpec", "container_path", 1),
+    ("DeviceSpec", "host_path", 2),
+    ("DeviceSpec", "permissions", 3),
+]
+
+
+@pytest.mark.parametrize(("message", "field", "number"), KUBELET_FIELDS)
+def test_field_numbers_match_the_kubelet_api(message: str, field: str, number: int) -> None:
+    assert api_pb2.DESCRIPTOR.message_types_by_name[message].fields_by_name[field].number == number
+
+
+def test_messages_have_no_fields_beyond_the_kubelet_api() -> None:
+    ours = {
+        (message.name, field.name)
+        for message in api_pb2.DESCRIPTOR.message_types_by_name.values()
+        for field in message.fields
+    }
+    assert ours == {(message, field) for message, field, _ in KUBELET_FIELDS}
+
+
+def test_services_have_the_kubelet_rpc_paths() -> None:
+    methods = {
+        f"/{service.full_name}/{method.name}"
+        for service in api_pb2.DESCRIPTOR.services_by_name.values()
+        for method in service.methods
+    }
+    assert methods == {
+        "/v1beta1.Registration/Register",
+        "/v1beta1.DevicePlugin/GetDevicePluginOptions",
+        "/v1beta1.DevicePlugin/ListAndWatch",
+        "/v1beta1.DevicePlugin/GetPreferredAllocation",
+        "/v1beta1.DevicePlugin/Allocate",
+        "/v1beta1.DevicePlugin/PreStartContainer",
+    }
+
+
+def test_committed_stubs_are_what_the_generator_produces(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(SERVICE_ROOT / "generate_stubs.py"), "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    generated = tmp_path / "gvirtus_kai_device_plugin" / "api"
+    names = ["api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py"]
+    stale = [n for n in names if (generated / n).read_text() != (PACKAGE_API / n).read_text()]
+    assert not stale, f"stale stubs {stale}: run services/device-plugin/generate_stubs.py"
+
+
+def test_service_stubs_import_the_messages_by_package_path() -> None:
+    grpc_module = (PACKAGE_API / "api_pb2_grpc.py").read_text()
+    assert "from gvirtus_kai_device_plugin.api import api_pb2" in grpc_module

@@ -1,0 +1,271 @@
+"""The plugin against the kubelet emulator, over real gRPC on unix sockets."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Callable
+from pathlib import Path
+
+import grpc
+import pytest
+from gvirtus_kai_device_plugin.settings import Settings
+
+from tests.device_plugin.conftest import RunningPlugin
+from tests.device_plugin.kubelet import KubeletEmulator
+
+# The issue's bound for re-registering after a kubelet restart or a lost socket.
+REREGISTER_SECONDS = 1.0
+
+
+async def test_registers_with_version_endpoint_resource_and_options(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator, settings: Settings
+) -> None:
+    request = kubelet.registrations[0].request
+    assert (request.version, request.endpoint, request.resource_name) == (
+        "v1beta1",
+        "gvirtus-nvidia.com-gpu.sock",
+        "nvidia.com/gpu",
+    )
+    options = request.options
+    assert (options.pre_start_required, options.get_preferred_allocation_available) == (False, True)
+
+
+async def test_endpoint_is_a_socket_file_in_the_plugin_dir(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator, plugin_dir: Path
+) -> None:
+    assert (plugin_dir / kubelet.registrations[0].request.endpoint).is_socket()
+
+
+async def test_plugin_answers_get_device_plugin_options_like_it_registered(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    registration = kubelet.registrations[0]
+    assert registration.options == registration.request.options
+
+
+async def test_list_and_watch_sends_device_count_healthy_devices(
+    make_settings: Callable[..., Settings],
+    kubelet: KubeletEmulator,
+    start_plugin: Callable[[Settings], RunningPlugin],
+) -> None:
+    start_plugin(make_settings(device_count=3))
+    await kubelet.wait_for_device_lists(1)
+    assert kubelet.device_lists[0] == [
+        ("gvirtus-vgpu-0", "Healthy"),
+        ("gvirtus-vgpu-1", "Healthy"),
+        ("gvirtus-vgpu-2", "Healthy"),
+    ]
+
+
+async def test_list_and_watch_sends_nothing_more_while_nothing_changes(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    await asyncio.sleep(0.5)
+    assert len(kubelet.device_lists) == 1
+
+
+async def test_list_and_watch_resends_the_list_when_a_device_changes(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    await registered_plugin.plugin.state.set_healthy("gvirtus-vgpu-2", False)
+    await kubelet.wait_for_device_lists(2)
+    assert kubelet.device_lists[1][2] == ("gvirtus-vgpu-2", "Unhealthy")
+
+
+async def test_list_and_watch_ends_with_ok_status_when_the_plugin_stops(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    await registered_plugin.stop()
+    await kubelet.wait_for(lambda: kubelet.stream_status is not None)
+    assert kubelet.stream_status == grpc.StatusCode.OK
+
+
+async def test_allocate_one_device(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    response = await kubelet.allocate(["gvirtus-vgpu-1"])
+    container = response.container_responses[0]
+    assert dict(container.envs) == {"GVIRTUS_VGPU_IDS": "gvirtus-vgpu-1"}
+    assert [d.name for d in container.cdi_devices] == ["gvirtus.io/vgpu=gvirtus-vgpu-1"]
+
+
+async def test_allocate_several_devices_for_one_container(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    response = await kubelet.allocate(["gvirtus-vgpu-3", "gvirtus-vgpu-0"])
+    container = response.container_responses[0]
+    assert container.envs["GVIRTUS_VGPU_IDS"] == "gvirtus-vgpu-0,gvirtus-vgpu-3"
+    assert [d.name for d in container.cdi_devices] == [
+        "gvirtus.io/vgpu=gvirtus-vgpu-0",
+        "gvirtus.io/vgpu=gvirtus-vgpu-3",
+    ]
+
+
+async def test_allocate_answers_several_containers_separately(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    response = await kubelet.allocate(["gvirtus-vgpu-0"], ["gvirtus-vgpu-2", "gvirtus-vgpu-1"])
+    assert [c.envs["GVIRTUS_VGPU_IDS"] for c in response.container_responses] == [
+        "gvirtus-vgpu-0",
+        "gvirtus-vgpu-1,gvirtus-vgpu-2",
+    ]
+
+
+async def test_allocate_rejects_an_unknown_id_with_invalid_argument(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await kubelet.allocate(["gvirtus-vgpu-0"], ["gvirtus-vgpu-4"])
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+    assert "'gvirtus-vgpu-4'" in (raised.value.details() or "")
+
+
+async def test_preferred_allocation_is_the_lowest_free_ids(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    available = ["gvirtus-vgpu-3", "gvirtus-vgpu-1", "gvirtus-vgpu-2"]
+    assert await kubelet.preferred_allocation(available, [], 2) == [
+        "gvirtus-vgpu-1",
+        "gvirtus-vgpu-2",
+    ]
+
+
+async def test_preferred_allocation_rejects_an_unknown_id(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    with pytest.raises(grpc.aio.AioRpcError) as raised:
+        await kubelet.preferred_allocation(["gvirtus-vgpu-1", "gpu-9"], [], 1)
+    assert raised.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+async def test_pre_start_container_succeeds_without_doing_anything(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    response = await kubelet.pre_start_container(["gvirtus-vgpu-0"])
+    assert response.ByteSize() == 0
+
+
+async def test_registers_again_within_a_second_of_a_kubelet_restart(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator, plugin_dir: Path
+) -> None:
+    await kubelet.stop()
+    restarted = KubeletEmulator(plugin_dir)
+    await restarted.start()
+    try:
+        await restarted.wait_for_registrations(1)
+        delay = restarted.registrations[0].received_at - restarted.socket_created_at
+        assert delay < REREGISTER_SECONDS
+    finally:
+        await restarted.stop()
+
+
+async def test_serves_the_restarted_kubelet_a_device_list(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator, plugin_dir: Path
+) -> None:
+    await kubelet.stop()
+    restarted = KubeletEmulator(plugin_dir)
+    await restarted.start()
+    try:
+        await restarted.wait_for_device_lists(1)
+        assert len(restarted.device_lists[0]) == 4
+    finally:
+        await restarted.stop()
+
+
+async def test_recovers_when_its_own_socket_is_deleted(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator, settings: Settings
+) -> None:
+    settings.socket_path.unlink()
+    await kubelet.wait_for_registrations(2)
+    delay = kubelet.registrations[1].received_at - kubelet.registrations[0].received_at
+    assert settings.socket_path.is_socket()
+    assert delay < REREGISTER_SECONDS + 1.0  # measured from before the deletion, so allow slack
+
+
+async def test_waits_for_a_kubelet_that_is_not_there_yet(
+    settings: Settings, plugin_dir: Path, start_plugin: Callable[[Settings], RunningPlugin]
+) -> None:
+    start_plugin(settings)
+    await asyncio.sleep(0.5)  # a few failed attempts against a missing kubelet.sock
+    late = KubeletEmulator(plugin_dir)
+    await late.start()
+    try:
+        await late.wait_for_registrations(1)
+        assert late.registrations[0].received_at - late.socket_created_at < REREGISTER_SECONDS
+    finally:
+        await late.stop()
+
+
+async def test_retries_a_kubelet_that_refuses_registration(
+    settings: Settings, plugin_dir: Path, start_plugin: Callable[[Settings], RunningPlugin]
+) -> None:
+    refusing = KubeletEmulator(plugin_dir, refusals=2)
+    await refusing.start()
+    try:
+        start_plugin(settings)
+        await refusing.wait_for_registrations(1)
+        assert len(refusing.refused) == 2
+    finally:
+        await refusing.stop()
+
+
+async def test_logs_the_kubelets_refusal(
+    settings: Settings,
+    plugin_dir: Path,
+    start_plugin: Callable[[Settings], RunningPlugin],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    refusing = KubeletEmulator(plugin_dir, refusals=1)
+    await refusing.start()
+    try:
+        with caplog.at_level(logging.WARNING, logger="gvirtus_kai_device_plugin"):
+            start_plugin(settings)
+            await refusing.wait_for_registrations(1)
+        errors = [getattr(r, "error", "") for r in caplog.records if r.levelno == logging.WARNING]
+        assert errors == ["UNAVAILABLE: emulated kubelet refuses for now"]
+    finally:
+        await refusing.stop()
+
+
+async def test_backs_off_between_refused_registrations(
+    settings: Settings, plugin_dir: Path, start_plugin: Callable[[Settings], RunningPlugin]
+) -> None:
+    refusing = KubeletEmulator(plugin_dir, refusals=1000)
+    await refusing.start()
+    try:
+        start_plugin(settings)
+        await asyncio.sleep(2.0)
+        # Without backoff a 2 s window holds hundreds of attempts; with it (0.2 s doubling,
+        # jittered) at most log2(2 / 0.2) + a few.
+        assert 1 <= len(refusing.refused) <= 8
+    finally:
+        await refusing.stop()
+
+
+async def test_clean_stop_removes_socket_and_cdi_spec(
+    registered_plugin: RunningPlugin, settings: Settings
+) -> None:
+    assert settings.cdi_spec_path.exists()
+    await registered_plugin.stop()
+    assert (settings.socket_path.exists(), settings.cdi_spec_path.exists()) == (False, False)
+
+
+async def test_metrics_count_registrations_and_allocations(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    await kubelet.allocate(["gvirtus-vgpu-0"], ["gvirtus-vgpu-1"])
+    metrics = registered_plugin.plugin.metrics
+    assert (
+        metrics.registered._value.get(),
+        metrics.registrations._value.get(),
+        metrics.allocations._value.get(),
+    ) == (1, 1, 2)
+
+
+def test_cdi_spec_is_json_on_disk_before_registration(settings: Settings) -> None:
+    from gvirtus_kai_device_plugin.plugin import DevicePlugin
+
+    DevicePlugin(settings).write_cdi_spec()
+    assert json.loads(settings.cdi_spec_path.read_text())["kind"] == "gvirtus.io/vgpu"
