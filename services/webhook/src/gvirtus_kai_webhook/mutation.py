@@ -178,7 +178,6 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str)
     config_file = config_path(home)
 
     if strategy == "mount":
-        mount = _properties_mount(config_file)
 
         def is_mount_conflict(item: Mapping[str, Any]) -> bool:
             return _is_properties(item) or item.get("mountPath") == config_file
@@ -191,6 +190,7 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str)
             if is_sed_wrapped(command):  # switching from sed: give the original command back
                 ops.append(_replace(target.tokens("command"), list(command[4:])))
             mounts = target.container.get("volumeMounts")
+            mount = _properties_mount(config_file)  # one object per target: no YAML aliases
             _upsert(ops, target.tokens("volumeMounts"), mounts, mount, is_mount_conflict)
     else:
         script = sed_script(plan.address, plan.port, home)

@@ -1,0 +1,193 @@
+"""``gvirtus-kai inject``: apply the webhook's pod mutation to manifests offline.
+
+Reads multi-document YAML, mutates every Pod and workload pod template that carries the
+``gvirtus.io/enabled: "true"`` label (on the pod template, exactly what the webhook would see) and
+writes the result to stdout. Nothing is written unless every document succeeded.
+
+Exit codes: 0 success, 1 an input, settings, DNS or mutation error, 2 bad command-line usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import ipaddress
+import sys
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+from typing import Any, TextIO
+
+import yaml
+from gvirtus_kai_common.logs import setup_logging
+from pydantic import ValidationError
+
+from .mutation import MutationDenied, is_enabled, mutate_pod
+from .patching import apply_patch
+from .settings import STRATEGIES, Settings
+from .workloads import PodSite, pod_sites
+
+EXIT_OK = 0
+EXIT_FAILED = 1
+
+
+class _ManifestDumper(yaml.SafeDumper):
+    """Readable manifests: multi-line strings as literal blocks, no anchors or aliases."""
+
+    def ignore_aliases(self, data: Any) -> bool:
+        return True
+
+
+def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
+    style = "|" if "\n" in value else None
+    return dumper.represent_scalar("tag:yaml.org,2002:str", value, style=style)
+
+
+_ManifestDumper.add_representer(str, _represent_str)
+
+
+def _ip_address(text: str) -> str:
+    try:
+        return str(ipaddress.ip_address(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not an IP address (GVirtuS needs an IP, not a host name)"
+        ) from None
+
+
+def _package_version() -> str:
+    try:
+        return version("gvirtus-kai-webhook")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gvirtus-kai",
+        description="GVirtuS-KAI tools. Settings come from GVIRTUS_KAI_* environment variables.",
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    inject = commands.add_parser(
+        "inject",
+        help="add the GVirtuS frontend config to GVirtuS-enabled pods in manifests",
+        description=(
+            "Mutate every Pod, Deployment, StatefulSet, DaemonSet, ReplicaSet, "
+            "ReplicationController, Job, CronJob and PodTemplate whose pod template is labelled "
+            "gvirtus.io/enabled=true, as the admission webhook would; other documents pass "
+            "through. Mutated YAML goes to stdout, errors and warnings to stderr."
+        ),
+    )
+    inject.add_argument(
+        "-f", "--filename", required=True, metavar="FILE", help="manifest file, or - for stdin"
+    )
+    inject.add_argument(
+        "--backend-address",
+        type=_ip_address,
+        metavar="IP",
+        help="backend IP to write; default: resolve GVIRTUS_KAI_BACKEND_HOST via DNS",
+    )
+    inject.add_argument(
+        "--strategy", choices=STRATEGIES, help="default delivery strategy (GVIRTUS_KAI_STRATEGY)"
+    )
+    return parser
+
+
+@dataclass
+class _Report:
+    errors: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
+
+
+def _label(index: int, site: PodSite) -> str:
+    return f"document {index + 1} ({site.location})"
+
+
+def _read(filename: str, stdin: TextIO) -> str:
+    return stdin.read() if filename == "-" else Path(filename).read_text(encoding="utf-8")
+
+
+def inject(documents: list[Any], settings: Settings, backend_address: str | None) -> _Report:
+    """Mutate the enabled pods in ``documents`` in place; resolve the backend only if needed."""
+    report = _Report()
+    sites = [
+        (index, site)
+        for index, document in enumerate(documents)
+        for site in pod_sites(document)
+        if is_enabled(site.pod)
+    ]
+    if not sites:
+        return report
+    if backend_address is None:
+        from .dns import BackendResolutionError, BackendResolver
+
+        try:
+            backend_address = asyncio.run(BackendResolver(settings).resolve())
+        except BackendResolutionError as exc:
+            report.errors.append(str(exc))
+            return report
+    for index, site in sites:
+        try:
+            mutation = mutate_pod(site.pod, settings, backend_address)
+        except MutationDenied as exc:
+            report.errors.append(f"{_label(index, site)}: {exc}")
+            continue
+        apply_patch(site.pod, mutation.patch)
+        report.warnings.extend(f"{_label(index, site)}: {w}" for w in mutation.warnings)
+    return report
+
+
+def dump(documents: Sequence[Any]) -> str:
+    return yaml.dump_all(
+        documents,
+        Dumper=_ManifestDumper,
+        sort_keys=False,  # keep the author's key order
+        explicit_start=len(documents) > 1,
+        width=1 << 20,  # never fold long values such as the properties JSON
+        allow_unicode=True,
+    )
+
+
+def run_inject(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
+    try:
+        settings = Settings()
+    except ValidationError as exc:
+        print(f"error: invalid GVIRTUS_KAI_* settings: {exc}", file=stderr)
+        return EXIT_FAILED
+    if args.strategy:
+        settings = settings.model_copy(update={"strategy": args.strategy})
+    # The library logs JSON; by default only errors, so stderr stays readable for people.
+    setup_logging(settings.log_level if "log_level" in settings.model_fields_set else "error")
+
+    try:
+        text = _read(args.filename, stdin)
+    except (OSError, UnicodeDecodeError) as exc:
+        print(f"error: cannot read {args.filename}: {exc}", file=stderr)
+        return EXIT_FAILED
+    try:
+        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+    except yaml.YAMLError as exc:
+        print(f"error: {args.filename} is not valid YAML: {exc}", file=stderr)
+        return EXIT_FAILED
+
+    report = inject(documents, settings, args.backend_address)
+    for warning in report.warnings:
+        print(f"warning: {warning}", file=stderr)
+    if report.errors:
+        for error in report.errors:
+            print(f"error: {error}", file=stderr)
+        return EXIT_FAILED
+    stdout.write(dump(documents))
+    stdout.flush()
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    return run_inject(args, sys.stdin, sys.stdout, sys.stderr)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
