@@ -130,7 +130,8 @@ def container(workload: Manifest, name: str | None = None) -> dict[str, Any]:
 
 def env_of(workload: Manifest) -> dict[str, Any]:
     """Container env as name -> value (or the valueFrom mapping)."""
-    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container(workload).get("env", [])}
+    env = container(workload).get("env", [])
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in env}
 
 
 def pod_workloads(manifests: Manifests) -> Iterator[Manifest]:
