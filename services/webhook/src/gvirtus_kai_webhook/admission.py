@@ -12,30 +12,62 @@ import logging
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NotRequired, TypedDict
 
 import orjson
-from pydantic import TypeAdapter, ValidationError
+from pydantic import ValidationError
 
 from .dns import BackendResolutionError, BackendResolver
 from .metrics import Outcome, WebhookMetrics
-from .models import (
-    ADMISSION_VERSIONS,
-    AdmissionRequest,
-    AdmissionResponse,
-    AdmissionReview,
-    AdmissionReviewResponse,
-    JsonPatchOperation,
-    Status,
-)
+from .models import ADMISSION_VERSIONS, AdmissionRequest, AdmissionReview, JsonPatchOperation
 from .mutation import MutationDenied, is_enabled, mutate_pod
 from .settings import Settings
 
 log = logging.getLogger(__name__)
 
-_PATCH = TypeAdapter(list[JsonPatchOperation])
 _LOG_FIELD_MAX = 253  # longest Kubernetes name; keeps hostile input from bloating log lines
 _MAX_VALIDATION_ERRORS = 3
+
+
+class _StatusBody(TypedDict):
+    code: int
+    message: str
+
+
+class _ResponseBody(TypedDict):
+    """``response`` of an AdmissionReview (the wire shape of ``models.AdmissionResponse``).
+
+    Built as a plain dict and serialised with orjson: this is the hot path, and the wire format is
+    checked against the pydantic models by the tests.
+    """
+
+    uid: str
+    allowed: bool
+    patchType: NotRequired[str]
+    patch: NotRequired[str]
+    warnings: NotRequired[list[str]]
+    status: NotRequired[_StatusBody]
+
+
+def _allowed(uid: str, warnings: list[str] | None = None) -> _ResponseBody:
+    response: _ResponseBody = {"uid": uid, "allowed": True}
+    if warnings:
+        response["warnings"] = warnings
+    return response
+
+
+def _denied(uid: str, code: int, message: str) -> _ResponseBody:
+    return {"uid": uid, "allowed": False, "status": {"code": code, "message": message}}
+
+
+def _operation_fields(operation: object) -> dict[str, Any]:
+    # A pydantic model's __dict__ holds exactly its fields, and the values are plain JSON data;
+    # handing that to orjson is over ten times faster than pydantic's own serialiser here.
+    return vars(operation)
+
+
+def _patch_json(patch: list[JsonPatchOperation]) -> bytes:
+    return orjson.dumps(patch, default=_operation_fields)
 
 
 @dataclass(frozen=True, slots=True)
@@ -115,28 +147,26 @@ class AdmissionReviewer:
         assert isinstance(request, dict)
 
         outcome, response = await self._decide(document, uid)
-        reply = AdmissionReviewResponse(apiVersion=api_version, response=response)
-        payload = reply.model_dump_json(exclude_none=True).encode()
+        payload = orjson.dumps(
+            {"apiVersion": api_version, "kind": "AdmissionReview", "response": response}
+        )
         elapsed = time.perf_counter() - started
         self._admissions[outcome].inc()
         self._metrics.admission_duration.observe(elapsed)
         if log.isEnabledFor(logging.INFO):
-            log.info(
-                "admission",
-                extra={
-                    "uid": _clip(uid),
-                    "namespace": _clip(request.get("namespace")),
-                    "pod": _pod_name(request),
-                    "outcome": outcome.value,
-                    "duration_ms": round(elapsed * 1000, 3),
-                    "reason": response.status.message if response.status else None,
-                },
-            )
+            fields = {
+                "uid": _clip(uid),
+                "namespace": _clip(request.get("namespace")),
+                "pod": _pod_name(request),
+                "outcome": outcome.value,
+                "duration_ms": round(elapsed * 1000, 3),
+            }
+            if "status" in response:
+                fields["reason"] = response["status"]["message"]
+            log.info("admission", extra=fields)
         return HttpReply(200, payload)
 
-    async def _decide(
-        self, document: dict[str, Any], uid: str
-    ) -> tuple[Outcome, AdmissionResponse]:
+    async def _decide(self, document: dict[str, Any], uid: str) -> tuple[Outcome, _ResponseBody]:
         try:
             try:
                 review = AdmissionReview.model_validate(document)
@@ -144,8 +174,7 @@ class AdmissionReviewer:
                 raise _Denial(400, _describe_validation_error(exc), Outcome.ERROR) from None
             return await self._admit(review.request)
         except _Denial as denial:
-            status = Status(code=denial.code, message=str(denial))
-            return denial.outcome, AdmissionResponse(uid=uid, allowed=False, status=status)
+            return denial.outcome, _denied(uid, denial.code, str(denial))
         except Exception as exc:
             # A bug, not a user error: refuse the pod with a message that says so.
             log.exception("admission failed", extra={"uid": _clip(uid)})
@@ -153,20 +182,18 @@ class AdmissionReviewer:
                 f"internal error in the GVirtuS webhook ({type(exc).__name__}); "
                 "see the webhook logs"
             )
-            status = Status(code=500, message=message)
-            return Outcome.ERROR, AdmissionResponse(uid=uid, allowed=False, status=status)
+            return Outcome.ERROR, _denied(uid, 500, message)
 
-    async def _admit(self, request: AdmissionRequest) -> tuple[Outcome, AdmissionResponse]:
-        allowed = Outcome.ALLOWED, AdmissionResponse(uid=request.uid, allowed=True)
+    async def _admit(self, request: AdmissionRequest) -> tuple[Outcome, _ResponseBody]:
         kind = request.kind
         if kind is None or kind.kind != "Pod" or kind.group != "" or request.operation != "CREATE":
-            return allowed
+            return Outcome.ALLOWED, _allowed(request.uid)
         pod = request.object
         if pod is None:
             message = "malformed AdmissionReview: request.object is missing"
             raise _Denial(400, message, Outcome.ERROR)
         if not is_enabled(pod):
-            return allowed
+            return Outcome.ALLOWED, _allowed(request.uid)
         try:
             address = await self._resolver.resolve()
         except BackendResolutionError as exc:
@@ -175,15 +202,11 @@ class AdmissionReviewer:
             mutation = mutate_pod(pod, self._settings, address)
         except MutationDenied as exc:
             raise _Denial(400, str(exc)) from None
-        warnings = list(mutation.warnings) or None
+        response = _allowed(request.uid, list(mutation.warnings))
         if not mutation.patch:
-            return Outcome.ALLOWED, AdmissionResponse(
-                uid=request.uid, allowed=True, warnings=warnings
-            )
-        patch = base64.b64encode(_PATCH.dump_json(mutation.patch)).decode("ascii")
-        response = AdmissionResponse(
-            uid=request.uid, allowed=True, patchType="JSONPatch", patch=patch, warnings=warnings
-        )
+            return Outcome.ALLOWED, response
+        response["patchType"] = "JSONPatch"
+        response["patch"] = base64.b64encode(_patch_json(mutation.patch)).decode("ascii")
         return Outcome.MUTATED, response
 
     def reject(self, status: int, message: str, started: float | None = None) -> HttpReply:

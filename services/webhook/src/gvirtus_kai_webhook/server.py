@@ -55,6 +55,7 @@ def uvicorn_config(app: WebhookApp, settings: Settings, tls: ReloadingServerTLS)
         access_log=False,  # one structured line per admission is logged by the reviewer instead
         log_config=None,  # keep the JSON root handler
         server_header=False,
+        proxy_headers=False,  # the API server connects directly; nothing to trust
         timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
         ssl_context_factory=lambda _config, _default: tls.listening_context,
     )

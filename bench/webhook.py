@@ -1,0 +1,202 @@
+"""Webhook throughput and latency over TLS, next to the targets (``make bench``).
+
+The webhook runs alone on CPU 0 (``taskset -c 0``); wrk, this script and the DNS server run on
+the other CPU. wrk keeps connections alive and POSTs a realistic GPU pod AdmissionReview.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import psutil
+import trustme
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.tlsfiles import SecretVolume, client_context, serving_cert  # noqa: E402
+from tests.webhookproc import (  # noqa: E402
+    BACKEND_HOST,
+    WebhookProcess,
+    api_server_client,
+    start_webhook,
+)
+
+WORK = ROOT / ".bench" / "webhook"
+REVIEW = ROOT / "tests" / "webhook" / "fixtures" / "reviews" / "pod-gpu-v1.json"
+WEBHOOK_CPU, LOAD_CPU = 0, 1
+
+TARGET_RPS_16 = 7000.0
+TARGET_P99_16_MS = 5.0
+TARGET_P50_1_MS = 0.5
+TARGET_RSS_MIB = 60.0
+TARGET_READY_S = 1.5
+
+_UNITS_MS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
+
+
+@dataclass
+class WrkResult:
+    connections: int
+    requests_per_second: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def _wrk_script(body_file: Path) -> Path:
+    script = WORK / "post-review.lua"
+    script.write_text(
+        f"""local f = assert(io.open("{body_file}", "rb"))
+wrk.method = "POST"
+wrk.body = f:read("*a")
+f:close()
+wrk.headers["Content-Type"] = "application/json"
+"""
+    )
+    return script
+
+
+def _latency_ms(output: str, percentile: str) -> float:
+    match = re.search(rf"^\s+{percentile}%\s+([\d.]+)(us|ms|s)\s*$", output, re.MULTILINE)
+    if match is None:
+        raise RuntimeError(f"no {percentile}% latency in wrk output:\n{output}")
+    return float(match.group(1)) * _UNITS_MS[match.group(2)]
+
+
+def run_wrk(url: str, script: Path, connections: int, seconds: int) -> WrkResult:
+    command = ["taskset", "-c", str(LOAD_CPU), "wrk", "-t1", f"-c{connections}"]
+    command += [f"-d{seconds}s", "--latency", "-s", str(script), url]
+    output = subprocess.run(command, check=True, capture_output=True, text=True).stdout
+    rps = re.search(r"^Requests/sec:\s+([\d.]+)", output, re.MULTILINE)
+    if rps is None:
+        raise RuntimeError(f"no Requests/sec in wrk output:\n{output}")
+    non_2xx = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", output)
+    socket_errors = re.search(r"Socket errors:.*", output)
+    errors = int(non_2xx.group(1)) if non_2xx else 0
+    if socket_errors:
+        errors += sum(int(n) for n in re.findall(r"\d+", socket_errors.group(0)))
+    return WrkResult(
+        connections,
+        float(rps.group(1)),
+        _latency_ms(output, "50"),
+        _latency_ms(output, "99"),
+        errors,
+    )
+
+
+def verdict(name: str, value: float, target: float, unit: str, higher_is_better: bool) -> str:
+    ok = value >= target if higher_is_better else value <= target
+    margin = (value / target - 1) * 100 if higher_is_better else (1 - value / target) * 100
+    status = "PASS" if ok else "MISS"
+    relation = ">=" if higher_is_better else "<="
+    return (
+        f"  {status}  {name:<34} {value:>10.3f} {unit:<5} target {relation} {target:g} {unit}"
+        f"  ({margin:+.0f}% margin)"
+    )
+
+
+def start_dns_server() -> tuple[subprocess.Popen[str], str]:
+    """The loopback DNS server in its own process, on the load CPU."""
+    process = subprocess.Popen(
+        [
+            "taskset",
+            "-c",
+            str(LOAD_CPU),
+            sys.executable,
+            str(ROOT / "tests" / "dnsserver.py"),
+            f"{BACKEND_HOST}=10.96.0.42",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONPATH": str(ROOT)},
+    )
+    assert process.stdout is not None
+    nameserver = process.stdout.readline().strip()
+    return process, nameserver
+
+
+def bench(log_level: str, seconds: int) -> list[str]:
+    ca = trustme.CA()
+    volume = SecretVolume(WORK / f"tls-{log_level}")
+    volume.write(serving_cert(ca))
+    script = _wrk_script(REVIEW)
+    dns_process, nameserver = start_dns_server()
+    log_file = (WORK / f"webhook-{log_level}.log").open("wb")
+    webhook: WebhookProcess | None = None
+    lines = [f"webhook, LOG_LEVEL={log_level} (log lines to a file), {seconds}s per run:"]
+    try:
+        webhook = start_webhook(
+            {
+                "TLS_CERT_FILE": str(volume.cert_file),
+                "TLS_KEY_FILE": str(volume.key_file),
+                "DNS_NAMESERVERS": nameserver,
+                "LOG_LEVEL": log_level,
+            },
+            stderr=log_file,
+            prefix=["taskset", "-c", str(WEBHOOK_CPU)],
+        )
+        ready_seconds = webhook.wait_ready(client_context(ca))
+        with api_server_client(client_context(ca)) as client:
+            answer = webhook.post(client, "/mutate", REVIEW.read_bytes()).json()
+        if answer["response"].get("patchType") != "JSONPatch":
+            raise RuntimeError(f"the review was not mutated: {answer}")
+        url = webhook.url("/mutate")
+        run_wrk(url, script, 16, 2)  # warm-up
+        one = run_wrk(url, script, 1, seconds)
+        sixteen = run_wrk(url, script, 16, seconds)
+        rss_mib = psutil.Process(webhook.process.pid).memory_info().rss / 2**20
+        lines += [
+            verdict("ready after start", ready_seconds, TARGET_READY_S, "s", False),
+            verdict("req/s, 16 connections", sixteen.requests_per_second, TARGET_RPS_16, "", True),
+            verdict("p99 latency, 16 connections", sixteen.p99_ms, TARGET_P99_16_MS, "ms", False),
+            verdict("p50 latency, 1 connection", one.p50_ms, TARGET_P50_1_MS, "ms", False),
+            verdict("RSS after the runs", rss_mib, TARGET_RSS_MIB, "MiB", False),
+            f"  info  req/s, 1 connection {one.requests_per_second:>19.0f}",
+            f"  info  p50 latency, 16 connections {sixteen.p50_ms:>11.3f} ms",
+            f"  info  p99 latency, 1 connection {one.p99_ms:>13.3f} ms",
+            f"  info  failed requests {one.errors + sixteen.errors:>23d}",
+        ]
+        if one.errors or sixteen.errors:
+            lines.append("  MISS  some requests failed (see above)")
+    finally:
+        if webhook is not None:
+            webhook.stop()
+        dns_process.terminate()
+        dns_process.wait()
+        log_file.close()
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
+    parser.add_argument(
+        "--log-level",
+        action="append",
+        choices=["info", "warning"],
+        help="webhook LOG_LEVEL to measure (repeatable; default: info and warning)",
+    )
+    args = parser.parse_args()
+    if shutil.which("wrk") is None:
+        sys.exit("wrk is not installed (apt-get install wrk)")
+    if len(os.sched_getaffinity(0)) < 2:
+        sys.exit("the benchmark needs two CPUs: one for the webhook, one for the load")
+    os.sched_setaffinity(0, {LOAD_CPU})
+    WORK.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    for level in args.log_level or ["info", "warning"]:
+        print("\n".join(bench(level, args.seconds)), flush=True)
+    print(f"(bench took {time.monotonic() - started:.0f}s)")
+
+
+if __name__ == "__main__":
+    main()
