@@ -89,6 +89,9 @@ class Manifests(list[Manifest]):
         assert len(found) == 1, f"expected one {kind}/{name}, found {len(found)}"
         return found[0]
 
+    def of_component(self, component: str) -> list[Manifest]:
+        return [m for m in self if labels_of(m).get("app.kubernetes.io/component") == component]
+
     def components(self) -> set[str]:
         return {labels_of(m).get("app.kubernetes.io/component", "") for m in self}
 

@@ -1,0 +1,200 @@
+"""Services, probes and the MutatingWebhookConfiguration follow design.md and the values."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.chart.conftest import NAMESPACE, HelmError, container, pod_spec, render
+
+
+def test_backend_service_maps_34567_to_the_backend_container_port() -> None:
+    manifests = render()
+    service = manifests.named("Service", "gvirtus-backend")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert service["spec"]["ports"] == [
+        {"name": "gvirtus", "port": 34567, "targetPort": 9999, "protocol": "TCP"}
+    ]
+    ports = container(manifests.one("DaemonSet", "backend"))["ports"]
+    assert ports == [{"name": "gvirtus", "containerPort": 9999, "protocol": "TCP"}]
+
+
+def test_webhook_service_maps_443_to_the_webhook_container_port() -> None:
+    manifests = render()
+    service = manifests.named("Service", "gvirtus-webhook")
+    assert service["spec"]["ports"] == [
+        {"name": "https", "port": 443, "targetPort": 8443, "protocol": "TCP"}
+    ]
+    ports = container(manifests.one("Deployment", "webhook"))["ports"]
+    assert ports == [{"name": "https", "containerPort": 8443, "protocol": "TCP"}]
+
+
+def test_traffic_distribution_is_rendered_only_when_set() -> None:
+    assert "trafficDistribution" not in render().named("Service", "gvirtus-backend")["spec"]
+    service = render(
+        values={"backend.service.trafficDistribution": "PreferClose"}, kube_version="1.31.0"
+    ).named("Service", "gvirtus-backend")
+    assert service["spec"]["trafficDistribution"] == "PreferClose"
+
+
+def test_traffic_distribution_on_a_cluster_older_than_1_31_fails_with_a_reason() -> None:
+    with pytest.raises(HelmError, match=r"trafficDistribution needs Kubernetes >= 1\.31"):
+        render(values={"backend.service.trafficDistribution": "PreferClose"}, kube_version="1.30.0")
+
+
+def test_backend_probes_check_the_gvirtus_tcp_port() -> None:
+    backend = container(render().one("DaemonSet", "backend"))
+    assert backend["readinessProbe"]["tcpSocket"] == {"port": "gvirtus"}
+    assert backend["livenessProbe"]["tcpSocket"] == {"port": "gvirtus"}
+
+
+def test_backend_requests_gpus_or_uses_a_runtime_class() -> None:
+    default = render().one("DaemonSet", "backend")
+    assert container(default)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert "runtimeClassName" not in pod_spec(default)
+    runtime = render(values={"backend.gpu.count": 0, "backend.runtimeClassName": "nvidia"}).one(
+        "DaemonSet", "backend"
+    )
+    assert "nvidia.com/gpu" not in container(runtime)["resources"]["limits"]
+    assert pod_spec(runtime)["runtimeClassName"] == "nvidia"
+
+
+def test_backend_command_args_and_env_pass_through() -> None:
+    backend = container(
+        render(
+            values={
+                "backend.command": ["/usr/local/gvirtus/bin/gvirtus-backend"],
+                "backend.args": ["/usr/local/gvirtus/etc/properties.json"],
+                "backend.env": [{"name": "GVIRTUS_LOGLEVEL", "value": "10000"}],
+            }
+        ).one("DaemonSet", "backend")
+    )
+    assert backend["command"] == ["/usr/local/gvirtus/bin/gvirtus-backend"]
+    assert backend["args"] == ["/usr/local/gvirtus/etc/properties.json"]
+    assert backend["env"] == [{"name": "GVIRTUS_LOGLEVEL", "value": "10000"}]
+
+
+def test_webhook_probes_use_https_health_endpoints() -> None:
+    webhook = container(render().one("Deployment", "webhook"))
+    assert webhook["readinessProbe"]["httpGet"] == {
+        "path": "/readyz",
+        "port": "https",
+        "scheme": "HTTPS",
+    }
+    assert webhook["livenessProbe"]["httpGet"] == {
+        "path": "/healthz",
+        "port": "https",
+        "scheme": "HTTPS",
+    }
+
+
+@pytest.mark.parametrize(
+    ("component", "kind"), [("labeler", "DaemonSet"), ("device-plugin", "DaemonSet")]
+)
+def test_node_agents_have_http_liveness_on_their_health_port(component: str, kind: str) -> None:
+    agent = container(render().one(kind, component))
+    assert agent["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "health"}
+    assert agent["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
+
+
+def test_webhook_configuration_scope_is_pod_create_only() -> None:
+    hook = render().one("MutatingWebhookConfiguration")["webhooks"][0]
+    assert hook["name"] == "pods.gvirtus.io"
+    assert hook["rules"] == [
+        {
+            "operations": ["CREATE"],
+            "apiGroups": [""],
+            "apiVersions": ["v1"],
+            "resources": ["pods"],
+            "scope": "Namespaced",
+        }
+    ]
+    assert hook["admissionReviewVersions"] == ["v1", "v1beta1"]
+    assert hook["sideEffects"] == "None"
+
+
+def test_webhook_configuration_calls_the_service_path_mutate() -> None:
+    hook = render().one("MutatingWebhookConfiguration")["webhooks"][0]
+    assert hook["clientConfig"]["service"] == {
+        "name": "gvirtus-webhook",
+        "namespace": NAMESPACE,
+        "path": "/mutate",
+        "port": 443,
+    }
+
+
+def test_webhook_skips_system_namespaces_its_own_and_opted_out_ones() -> None:
+    hook = render(values={"webhook.excludeNamespaces": ["batch", "kube-system"]}).one(
+        "MutatingWebhookConfiguration"
+    )["webhooks"][0]
+    assert hook["namespaceSelector"] == {
+        "matchExpressions": [
+            {
+                "key": "kubernetes.io/metadata.name",
+                "operator": "NotIn",
+                "values": ["kube-system", "kube-node-lease", NAMESPACE, "batch"],
+            },
+            {"key": "gvirtus.io/injection", "operator": "NotIn", "values": ["disabled"]},
+        ]
+    }
+
+
+def test_webhook_policies_come_from_values() -> None:
+    defaults = render().one("MutatingWebhookConfiguration")["webhooks"][0]
+    assert (
+        defaults["failurePolicy"],
+        defaults["timeoutSeconds"],
+        defaults["reinvocationPolicy"],
+        defaults["matchPolicy"],
+    ) == ("Fail", 10, "Never", "Equivalent")
+    custom = render(
+        values={
+            "webhook.failurePolicy": "Ignore",
+            "webhook.timeoutSeconds": 5,
+            "webhook.reinvocationPolicy": "IfNeeded",
+            "webhook.matchPolicy": "Exact",
+        }
+    ).one("MutatingWebhookConfiguration")["webhooks"][0]
+    assert (
+        custom["failurePolicy"],
+        custom["timeoutSeconds"],
+        custom["reinvocationPolicy"],
+        custom["matchPolicy"],
+    ) == ("Ignore", 5, "IfNeeded", "Exact")
+
+
+def test_custom_opt_out_label_reaches_the_namespace_selector() -> None:
+    hook = render("custom-labels-values.yaml").one("MutatingWebhookConfiguration")["webhooks"][0]
+    assert hook["namespaceSelector"]["matchExpressions"][1] == {
+        "key": "example.com/gvirtus-injection",
+        "operator": "NotIn",
+        "values": ["off"],
+    }
+
+
+def test_single_webhook_replica_has_no_disruption_budget_or_spread() -> None:
+    manifests = render()
+    assert manifests.one("Deployment", "webhook")["spec"]["replicas"] == 1
+    assert not manifests.of_kind("PodDisruptionBudget")
+    assert "topologySpreadConstraints" not in pod_spec(manifests.one("Deployment", "webhook"))
+
+
+def test_ha_webhook_gets_a_disruption_budget_and_topology_spread() -> None:
+    manifests = render("ha-webhook-values.yaml")
+    deployment = manifests.one("Deployment", "webhook")
+    assert deployment["spec"]["replicas"] == 3
+    selector = deployment["spec"]["selector"]["matchLabels"]
+    pdb = manifests.one("PodDisruptionBudget", "webhook")
+    assert pdb["spec"] == {"minAvailable": 2, "selector": {"matchLabels": selector}}
+    assert pod_spec(deployment)["topologySpreadConstraints"] == [
+        {
+            "maxSkew": 1,
+            "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": {"matchLabels": selector},
+        }
+    ]
+
+
+def test_webhook_rollout_never_drops_below_the_replica_count() -> None:
+    strategy = render().one("Deployment", "webhook")["spec"]["strategy"]
+    assert strategy["rollingUpdate"]["maxUnavailable"] == 0
