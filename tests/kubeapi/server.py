@@ -363,8 +363,8 @@ class FakeKubeApi:
         self._delete(rtype, self._require(rtype, namespace, name))
 
     async def wait_until(self, condition: Callable[[], bool], within: float = 10.0) -> float:
-        """Wait until ``condition()`` holds after some write or watch (dis)connection; returns the
-        seconds it took."""
+        """Wait until ``condition()`` holds, checked after every write, answered request and watch
+        (dis)connection; returns the seconds it took."""
         started = time.monotonic()
         async with asyncio.timeout(within):
             while not condition():
@@ -467,7 +467,7 @@ class FakeKubeApi:
         self._notify()
 
     def _notify(self) -> None:
-        """Wake ``wait_until`` callers after any write or watch opening/closing."""
+        """Wake ``wait_until`` callers to check their condition again."""
         changed, self._changed = self._changed, asyncio.Event()
         changed.set()
 
@@ -651,6 +651,7 @@ class FakeKubeApi:
         except SelectorError as error:
             code, body = 400, status_object(400, str(error))
         await self._send(writer, request, code, body)
+        self._notify()
         return True
 
     def _route(self, path: str) -> tuple[ResourceType, str | None, str | None]:
