@@ -1,0 +1,311 @@
+"""``gvirtus-kai inject``, run as the installed console script on real manifests."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_validate
+import pytest
+import yaml
+from gvirtus_kai_webhook.mutation import (
+    CONFIG_ENV,
+    PROPERTIES_ANNOTATION,
+    frontend_config,
+    is_sed_wrapped,
+)
+from gvirtus_kai_webhook.settings import Settings
+from gvirtus_kai_webhook.workloads import pod_sites
+
+from tests.dnsserver import LoopbackDnsServer
+
+from .pods import BACKEND_IP, KUBERNETES_VERSION, assert_valid_pod, env_of
+
+CLI = str(Path(sys.executable).with_name("gvirtus-kai"))
+WORKLOADS = Path(__file__).parent / "fixtures" / "manifests" / "workloads.yaml"
+BACKEND_HOST = "gvirtus-backend.gvirtus-system.svc.cluster.local"
+MUTATED_KINDS = [
+    "Pod",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "ReplicationController",
+    "Job",
+    "CronJob",
+    "PodTemplate",
+]
+
+
+def run(
+    *args: str, stdin: str | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    clean = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
+    return subprocess.run(
+        [CLI, *args],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**clean, **(env or {})},
+        timeout=60,
+        check=False,
+    )
+
+
+def inject(*args: str, stdin: str | None = None, **env: str) -> list[Any]:
+    result = run("inject", *args, stdin=stdin, env=env)
+    assert result.returncode == 0, result.stderr
+    return list(yaml.safe_load_all(result.stdout))
+
+
+def as_pod(site_pod: dict[str, Any]) -> dict[str, Any]:
+    return {"apiVersion": "v1", "kind": "Pod", **site_pod}
+
+
+def loaded_workloads() -> list[Any]:
+    return list(yaml.safe_load_all(WORKLOADS.read_text()))
+
+
+@pytest.fixture
+def dns() -> Iterator[LoopbackDnsServer]:
+    with LoopbackDnsServer() as server:
+        yield server
+
+
+# --- what gets mutated -----------------------------------------------------------------------
+
+
+def test_every_workload_kind_gets_its_pod_template_mutated() -> None:
+    documents = inject("-f", str(WORKLOADS), "--backend-address", BACKEND_IP)
+    mutated_kinds = []
+    for document in documents:
+        for site in pod_sites(document):
+            annotation = site.pod["metadata"]["annotations"][PROPERTIES_ANNOTATION]
+            assert json.loads(annotation) == frontend_config(Settings(), BACKEND_IP)
+            assert site.pod["spec"]["nodeSelector"]["gvirtus.io/frontend.allowed"] == "true"
+            mutated_kinds.append(site.kind)
+    assert mutated_kinds == MUTATED_KINDS
+
+
+def test_every_output_document_is_valid_for_its_kind() -> None:
+    for document in inject("-f", str(WORKLOADS), "--backend-address", BACKEND_IP):
+        kubernetes_validate.validate(document, KUBERNETES_VERSION, strict=True)
+        for site in pod_sites(document):
+            assert_valid_pod(as_pod(site.pod))
+
+
+def test_documents_keep_their_order_and_others_pass_through_unchanged() -> None:
+    before = loaded_workloads()
+    after = inject("-f", str(WORKLOADS), "--backend-address", BACKEND_IP)
+    assert [d["kind"] for d in after] == [d["kind"] for d in before]
+    assert after[0] == before[0]  # ConfigMap
+    assert after[3] == before[3]  # Service
+
+
+def test_per_pod_annotations_in_templates_are_honoured() -> None:
+    job = inject("-f", str(WORKLOADS), "--backend-address", BACKEND_IP)[8]
+    container = job["spec"]["template"]["spec"]["containers"][0]
+    assert env_of(container)[CONFIG_ENV] == "/opt/gvirtus/etc/properties.json"
+
+
+def test_only_the_pod_template_label_counts_not_the_workload_label() -> None:
+    deployment = {
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
+        "metadata": {"name": "web", "labels": {"gvirtus.io/enabled": "true"}},
+        "spec": {
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {
+                "metadata": {"labels": {"app": "web"}},
+                "spec": {"containers": [{"name": "web", "image": "nginx"}]},
+            },
+        },
+    }
+    out = inject("-f", "-", "--backend-address", BACKEND_IP, stdin=yaml.safe_dump(deployment))
+    assert out == [deployment]
+
+
+def test_a_custom_resource_with_a_workload_kind_name_is_left_alone() -> None:
+    volcano_job = {
+        "apiVersion": "batch.volcano.sh/v1alpha1",
+        "kind": "Job",
+        "metadata": {"name": "j"},
+        "spec": {"template": {"metadata": {"labels": {"gvirtus.io/enabled": "true"}}}},
+    }
+    out = inject("-f", "-", "--backend-address", BACKEND_IP, stdin=yaml.safe_dump(volcano_job))
+    assert out == [volcano_job]
+
+
+def test_items_of_a_list_are_mutated() -> None:
+    listing = {"apiVersion": "v1", "kind": "List", "items": loaded_workloads()[1:3]}
+    (out,) = inject("-f", "-", "--backend-address", BACKEND_IP, stdin=yaml.safe_dump(listing))
+    sites = list(pod_sites(out))
+    assert [s.path for s in sites] == [("items", 0), ("items", 1, "spec", "template")]
+    assert all(PROPERTIES_ANNOTATION in s.pod["metadata"]["annotations"] for s in sites)
+
+
+def test_stdin_is_read_with_dash() -> None:
+    out = inject("-f", "-", "--backend-address", BACKEND_IP, stdin=WORKLOADS.read_text())
+    assert len(out) == len(loaded_workloads())
+
+
+def test_empty_documents_are_dropped() -> None:
+    text = "---\n---\n" + yaml.safe_dump(loaded_workloads()[0]) + "---\n"
+    assert inject("-f", "-", "--backend-address", BACKEND_IP, stdin=text) == loaded_workloads()[:1]
+
+
+def test_output_injected_again_is_unchanged() -> None:
+    first = run("inject", "-f", str(WORKLOADS), "--backend-address", BACKEND_IP)
+    second = run("inject", "-f", "-", "--backend-address", BACKEND_IP, stdin=first.stdout)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
+
+
+def test_a_new_backend_address_updates_earlier_output() -> None:
+    first = run("inject", "-f", str(WORKLOADS), "--backend-address", "10.96.0.10")
+    again = inject("-f", "-", "--backend-address", BACKEND_IP, stdin=first.stdout)
+    direct = inject("-f", str(WORKLOADS), "--backend-address", BACKEND_IP)
+    assert again == direct
+
+
+def test_output_has_no_yaml_anchors_and_keeps_long_values_on_one_line() -> None:
+    result = run("inject", "-f", str(WORKLOADS), "--backend-address", BACKEND_IP)
+    assert "&id" not in result.stdout
+    assert "*id" not in result.stdout
+    key = f"{PROPERTIES_ANNOTATION}: "
+    annotation_lines = [line for line in result.stdout.splitlines() if key in line]
+    assert len(annotation_lines) == len(MUTATED_KINDS)
+    assert all("secure_application" in line for line in annotation_lines)
+
+
+# --- flags and settings ----------------------------------------------------------------------
+
+
+def test_strategy_flag_overrides_the_setting() -> None:
+    pod = loaded_workloads()[1]
+    pod["spec"]["containers"][0]["command"] = ["/vectorAdd"]
+    out = inject(
+        "-f", "-", "--backend-address", BACKEND_IP, "--strategy", "sed",
+        stdin=yaml.safe_dump(pod), GVIRTUS_KAI_STRATEGY="mount",
+    )  # fmt: skip
+    command = out[0]["spec"]["containers"][0]["command"]
+    assert is_sed_wrapped(command)
+    assert command[4:] == ["/vectorAdd"]
+
+
+def test_settings_come_from_the_environment() -> None:
+    (pod,) = inject(
+        "-f", "-", "--backend-address", BACKEND_IP,
+        stdin=yaml.safe_dump(loaded_workloads()[1]), GVIRTUS_KAI_BACKEND_PORT="40000",
+    )  # fmt: skip
+    config = json.loads(pod["metadata"]["annotations"][PROPERTIES_ANNOTATION])
+    assert config["communicator"][0]["endpoint"]["port"] == "40000"
+
+
+def test_an_ipv6_backend_address_is_accepted() -> None:
+    (pod,) = inject(
+        "-f", "-", "--backend-address", "fd00::2a", stdin=yaml.safe_dump(loaded_workloads()[1])
+    )
+    config = json.loads(pod["metadata"]["annotations"][PROPERTIES_ANNOTATION])
+    assert config["communicator"][0]["endpoint"]["server_address"] == "fd00::2a"
+
+
+def test_a_backend_host_name_instead_of_an_ip_is_a_usage_error() -> None:
+    result = run("inject", "-f", str(WORKLOADS), "--backend-address", "gvirtus-backend")
+    assert result.returncode == 2
+    assert "not an IP address" in result.stderr
+    assert result.stdout == ""
+
+
+def test_version_is_printed() -> None:
+    result = run("--version")
+    assert result.returncode == 0
+    assert result.stdout.startswith("gvirtus-kai ")
+
+
+# --- DNS like the webhook --------------------------------------------------------------------
+
+
+def test_without_backend_address_the_backend_service_is_resolved(dns: LoopbackDnsServer) -> None:
+    dns.set_a(BACKEND_HOST, "10.96.7.7")
+    documents = inject("-f", str(WORKLOADS), GVIRTUS_KAI_DNS_NAMESERVERS=dns.nameserver)
+    annotation = documents[1]["metadata"]["annotations"][PROPERTIES_ANNOTATION]
+    assert json.loads(annotation)["communicator"][0]["endpoint"]["server_address"] == "10.96.7.7"
+    assert dns.query_count(BACKEND_HOST, "A") == 1  # one lookup for all nine documents
+
+
+def test_an_unresolvable_backend_fails_naming_the_host(dns: LoopbackDnsServer) -> None:
+    dns.set_nxdomain(BACKEND_HOST)
+    result = run(
+        "inject", "-f", str(WORKLOADS), env={"GVIRTUS_KAI_DNS_NAMESERVERS": dns.nameserver}
+    )
+    assert result.returncode == 1
+    assert f"cannot resolve the GVirtuS backend Service {BACKEND_HOST}" in result.stderr
+    assert "NXDOMAIN" in result.stderr
+    assert result.stdout == ""
+
+
+def test_no_lookup_happens_when_no_document_is_enabled(dns: LoopbackDnsServer) -> None:
+    text = yaml.safe_dump(loaded_workloads()[0])
+    out = inject("-f", "-", stdin=text, GVIRTUS_KAI_DNS_NAMESERVERS=dns.nameserver)
+    assert out == loaded_workloads()[:1]
+    assert dns.query_count(BACKEND_HOST) == 0
+
+
+# --- failures --------------------------------------------------------------------------------
+
+
+def test_invalid_yaml_fails_with_the_position_and_writes_nothing() -> None:
+    result = run("inject", "-f", "-", "--backend-address", BACKEND_IP, stdin="a: [1, 2\nb: c\n")
+    assert result.returncode == 1
+    assert "is not valid YAML" in result.stderr
+    assert "line" in result.stderr
+    assert result.stdout == ""
+
+
+def test_a_missing_file_fails() -> None:
+    result = run("inject", "-f", "/nonexistent/manifest.yaml", "--backend-address", BACKEND_IP)
+    assert result.returncode == 1
+    assert "cannot read /nonexistent/manifest.yaml" in result.stderr
+
+
+def test_every_denial_is_reported_with_document_kind_and_name_and_nothing_written() -> None:
+    documents = loaded_workloads()
+    documents[2]["spec"]["template"]["metadata"]["annotations"]["gvirtus.io/strategy"] = "env"
+    documents[9]["spec"]["jobTemplate"]["spec"]["template"]["metadata"]["annotations"] = {
+        "gvirtus.io/containers": "missing"
+    }
+    text = yaml.safe_dump_all(documents)
+    result = run("inject", "-f", "-", "--backend-address", BACKEND_IP, stdin=text)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 2
+    assert errors[0].startswith("error: document 3 (Deployment ml/trainer at spec.template): ")
+    assert "'env' is not a GVirtuS strategy" in errors[0]
+    assert errors[1].startswith(
+        "error: document 10 (CronJob research/nightly-eval at spec.jobTemplate.spec.template): "
+    )
+
+
+def test_warnings_go_to_stderr_and_the_output_is_still_written() -> None:
+    pod = loaded_workloads()[1]
+    del pod["spec"]["containers"][0]["resources"]
+    result = run("inject", "-f", "-", "--backend-address", BACKEND_IP, stdin=yaml.safe_dump(pod))
+    assert result.returncode == 0
+    assert result.stderr.startswith("warning: document 1 (Pod ml/cuda-smoke): no GVirtuS target")
+    assert PROPERTIES_ANNOTATION in result.stdout
+
+
+def test_invalid_settings_fail_naming_the_setting() -> None:
+    result = run(
+        "inject", "-f", str(WORKLOADS), "--backend-address", BACKEND_IP,
+        env={"GVIRTUS_KAI_BACKEND_PORT": "0"},
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert "backend_port" in result.stderr
