@@ -82,12 +82,16 @@ def role_labels(helm: Cli, e2e_config: E2EConfig) -> RoleLabels:
 
 @pytest.fixture(scope="session")
 def probe_node(kubectl: Cli, role_labels: RoleLabels) -> Iterator[ProbeNode]:
-    """Picks and prepares the probe node; restores its two role labels afterwards."""
+    """Picks and prepares the probe node; restores its two role labels afterwards.
+
+    Torn down after the release (which depends on it), so the labeler is gone by then.
+    """
     nodes = kubectl.json("get", "nodes")["items"]
     name = pick_probe_node(nodes, role_labels.gpu_present_key)
     original = nodes_by_name(nodes)[name]["metadata"].get("labels", {})
     operator_value = "false" if role_labels.backend_default == "true" else "true"
-    kubectl.run("label", "node", name, f"{role_labels.frontend_key}-")
+    if role_labels.frontend_key in original:
+        kubectl.run("label", "node", name, f"{role_labels.frontend_key}-")
     kubectl.run("label", "node", name, f"{role_labels.backend_key}={operator_value}", "--overwrite")
     try:
         yield ProbeNode(name=name, operator_backend_value=operator_value)
