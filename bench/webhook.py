@@ -93,6 +93,11 @@ def run_wrk(url: str, script: Path, connections: int, seconds: int) -> WrkResult
     )
 
 
+def _cpu_seconds(pid: int) -> float:
+    times = psutil.Process(pid).cpu_times()
+    return float(times.user + times.system)
+
+
 def verdict(name: str, value: float, target: float, unit: str, higher_is_better: bool) -> str:
     ok = value >= target if higher_is_better else value <= target
     margin = (value / target - 1) * 100 if higher_is_better else (1 - value / target) * 100
@@ -152,7 +157,9 @@ def bench(log_level: str, seconds: int) -> list[str]:
         url = webhook.url("/mutate")
         run_wrk(url, script, 16, 2)  # warm-up
         one = run_wrk(url, script, 1, seconds)
+        cpu_before = _cpu_seconds(webhook.process.pid)
         sixteen = run_wrk(url, script, 16, seconds)
+        cpu_share = (_cpu_seconds(webhook.process.pid) - cpu_before) / seconds
         rss_mib = psutil.Process(webhook.process.pid).memory_info().rss / 2**20
         lines += [
             verdict("ready after start", ready_seconds, TARGET_READY_S, "s", False),
@@ -164,6 +171,9 @@ def bench(log_level: str, seconds: int) -> list[str]:
             f"  info  p50 latency, 16 connections {sixteen.p50_ms:>11.3f} ms",
             f"  info  p99 latency, 1 connection {one.p99_ms:>13.3f} ms",
             f"  info  failed requests {one.errors + sixteen.errors:>23d}",
+            # Other work on CPU 0 steals time from the webhook; this shows how much it got.
+            f"  info  webhook CPU share, 16 conns {cpu_share * 100:>12.0f} %"
+            f"  (= {sixteen.requests_per_second / max(cpu_share, 0.01):.0f} req per CPU-second)",
         ]
         if one.errors or sixteen.errors:
             lines.append("  MISS  some requests failed (see above)")

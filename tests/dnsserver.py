@@ -84,12 +84,16 @@ class LoopbackDnsServer:
         return f"127.0.0.1:{self.port}"
 
     def start(self) -> LoopbackDnsServer:
-        self._server.start_thread()
+        # A short poll interval: stop() waits up to one interval for the serving thread.
+        serve = self._server.server.serve_forever
+        self._thread = threading.Thread(target=serve, kwargs={"poll_interval": 0.02}, daemon=True)
+        self._thread.start()
         return self
 
     def stop(self) -> None:
-        self._server.stop()
+        self._server.server.shutdown()
         self._server.server.server_close()
+        self._thread.join()
 
     def __enter__(self) -> LoopbackDnsServer:
         return self.start()

@@ -1,0 +1,102 @@
+"""Fixtures for the webhook server tests: a loopback DNS server, a test CA, and the app."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import AsyncIterator, Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import trustme
+from gvirtus_kai_webhook.admission import AdmissionReviewer
+from gvirtus_kai_webhook.app import WebhookApp
+from gvirtus_kai_webhook.dns import BackendResolver
+from gvirtus_kai_webhook.metrics import WebhookMetrics
+from gvirtus_kai_webhook.settings import Settings
+
+from tests.dnsserver import LoopbackDnsServer
+from tests.tlsfiles import SecretVolume, serving_cert
+from tests.webhookproc import BACKEND_HOST
+
+REVIEWS = Path(__file__).parent / "fixtures" / "reviews"
+BACKEND_ADDRESS = "10.96.0.42"
+
+
+def review_document(name: str = "pod-gpu-v1.json") -> dict[str, Any]:
+    """A fresh copy of an AdmissionReview fixture, as the API server sends it."""
+    document: dict[str, Any] = json.loads((REVIEWS / name).read_text())
+    return document
+
+
+@pytest.fixture
+def dns_server() -> Iterator[LoopbackDnsServer]:
+    """A loopback DNS server that knows the backend Service (A record, TTL 30 s)."""
+    with LoopbackDnsServer() as server:
+        server.set_a(BACKEND_HOST, BACKEND_ADDRESS, ttl=30)
+        yield server
+
+
+def settings_for(server: LoopbackDnsServer, **overrides: Any) -> Settings:
+    values: dict[str, Any] = {
+        "backend_host": BACKEND_HOST,
+        "dns_nameservers": server.nameserver,
+        "dns_timeout_seconds": 1.0,
+    }
+    values.update(overrides)
+    return Settings(**values)
+
+
+class InProcessWebhook:
+    """The ASGI app with its own metrics, reached through httpx's in-process transport."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.metrics = WebhookMetrics()
+        self.resolver = BackendResolver(settings, self.metrics)
+        self.ready = True
+        reviewer = AdmissionReviewer(settings, self.resolver, self.metrics)
+        self.app = WebhookApp(reviewer, self.metrics.registry, lambda: self.ready)
+
+    def client(self) -> httpx.AsyncClient:
+        transport = httpx.ASGITransport(app=self.app)
+        return httpx.AsyncClient(transport=transport, base_url="https://webhook")
+
+    def sample(self, name: str, **labels: str) -> float:
+        value = self.metrics.registry.get_sample_value(name, labels or None)
+        return 0.0 if value is None else value
+
+
+@pytest.fixture
+def make_webhook(dns_server: LoopbackDnsServer) -> Callable[..., InProcessWebhook]:
+    """Build an in-process webhook against ``dns_server``; keyword arguments override settings."""
+
+    def make(**overrides: Any) -> InProcessWebhook:
+        return InProcessWebhook(settings_for(dns_server, **overrides))
+
+    return make
+
+
+@pytest.fixture
+def webhook(make_webhook: Callable[..., InProcessWebhook]) -> InProcessWebhook:
+    return make_webhook()
+
+
+@pytest.fixture
+async def client(webhook: InProcessWebhook) -> AsyncIterator[httpx.AsyncClient]:
+    async with webhook.client() as http:
+        yield http
+
+
+@pytest.fixture(scope="session")
+def test_ca() -> trustme.CA:
+    return trustme.CA()
+
+
+@pytest.fixture
+def secret_volume(tmp_path: Path, test_ca: trustme.CA) -> SecretVolume:
+    """A kubelet-style TLS Secret volume holding a serving certificate from ``test_ca``."""
+    volume = SecretVolume(tmp_path / "tls")
+    volume.write(serving_cert(test_ca))
+    return volume
