@@ -155,7 +155,7 @@ def test_chart_testing_job_lints_installs_and_runs_the_e2e_suite_in_that_order()
     order = [
         position("ct lint --config ci/ct.yaml"),
         position("ci/kind-load-images.sh"),
-        position("cert-manager.yaml"),
+        position("ci/install-cert-manager.sh"),
         position("ct install --config ci/ct.yaml"),
         position("make e2e"),
     ]
