@@ -67,6 +67,7 @@ fmt: $(VENV_STAMP) ## format and autofix Python sources
 bench: $(VENV_STAMP) ## performance figures of every service, next to their targets
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
 	$(BIN)/python bench/webhook.py
+	$(BIN)/python bench/mutation.py
 	$(BIN)/python bench/labeler.py
 	$(BIN)/python bench/device_plugin.py
 

@@ -32,7 +32,12 @@ EXIT_OK = 0
 EXIT_FAILED = 1
 
 
-class _ManifestDumper(yaml.SafeDumper):
+# libyaml's parser and emitter when PyYAML was built with them: several times faster.
+_SafeLoader: type[yaml.SafeLoader] = getattr(yaml, "CSafeLoader", yaml.SafeLoader)
+_SafeDumper: type[yaml.SafeDumper] = getattr(yaml, "CSafeDumper", yaml.SafeDumper)
+
+
+class _ManifestDumper(_SafeDumper):  # type: ignore[valid-type,misc]
     """Readable manifests: multi-line strings as literal blocks, no anchors or aliases."""
 
     def ignore_aliases(self, data: Any) -> bool:
@@ -139,6 +144,11 @@ def inject(documents: list[Any], settings: Settings, backend_address: str | None
     return report
 
 
+def load(text: str) -> list[Any]:
+    """The documents of a multi-document YAML text, without empty ones."""
+    return [d for d in yaml.load_all(text, Loader=_SafeLoader) if d is not None]
+
+
 def dump(documents: Sequence[Any]) -> str:
     return yaml.dump_all(
         documents,
@@ -167,7 +177,7 @@ def run_inject(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: 
         print(f"error: cannot read {args.filename}: {exc}", file=stderr)
         return EXIT_FAILED
     try:
-        documents = [d for d in yaml.safe_load_all(text) if d is not None]
+        documents = load(text)
     except yaml.YAMLError as exc:
         print(f"error: {args.filename} is not valid YAML: {exc}", file=stderr)
         return EXIT_FAILED

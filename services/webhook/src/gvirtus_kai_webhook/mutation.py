@@ -385,8 +385,8 @@ def _set_entry(
     """Make ``root[path[0]]...[path[-1]] == value``, adding the first absent object whole."""
     node: object = root
     for depth, token in enumerate(path[:-1]):
-        child = node.get(token) if isinstance(node, Mapping) else None
-        if not isinstance(child, Mapping):
+        child = node.get(token) if _is_mapping(node) else None
+        if not _is_mapping(child):
             nested: Any = value
             for inner in reversed(path[depth + 1 :]):
                 nested = {inner: nested}
@@ -415,7 +415,7 @@ def _upsert(
     if not isinstance(items, list):
         ops.append(_add(tokens, [value]))
         return
-    matches = [i for i, item in enumerate(items) if isinstance(item, Mapping) and is_ours(item)]
+    matches = [i for i, item in enumerate(items) if _is_mapping(item) and is_ours(item)]
     if not matches:
         ops.append(_add((*tokens, "-"), value))
         return
@@ -423,7 +423,7 @@ def _upsert(
     if items[first] != value:
         ops.append(_replace((*tokens, first), value))
     for index in reversed(rest):  # descending, so earlier indices stay valid
-        ops.append(RemoveOperation.model_construct(path=json_pointer(*tokens, index)))
+        ops.append(RemoveOperation.model_construct(path=_pointer((*tokens, index))))
 
 
 def _remove_where(
@@ -431,21 +431,32 @@ def _remove_where(
 ) -> None:
     for index in reversed(range(len(items))):
         item = items[index]
-        if isinstance(item, Mapping) and is_ours(item):
-            ops.append(RemoveOperation.model_construct(path=json_pointer(*tokens, index)))
+        if _is_mapping(item) and is_ours(item):
+            ops.append(RemoveOperation.model_construct(path=_pointer((*tokens, index))))
+
+
+@lru_cache(maxsize=4096)
+def _pointer(tokens: Tokens) -> str:
+    # The same few paths recur on every request ("/spec/containers/0/env", ...).
+    return json_pointer(*tokens)
 
 
 def _add(tokens: Tokens, value: Any) -> AddOperation:
     # model_construct: the values are built here, validating them again would only cost time.
-    return AddOperation.model_construct(path=json_pointer(*tokens), value=value)
+    return AddOperation.model_construct(path=_pointer(tokens), value=value)
 
 
 def _replace(tokens: Tokens, value: Any) -> ReplaceOperation:
-    return ReplaceOperation.model_construct(path=json_pointer(*tokens), value=value)
+    return ReplaceOperation.model_construct(path=_pointer(tokens), value=value)
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
-    return value if isinstance(value, Mapping) else _EMPTY
+    return value if _is_mapping(value) else _EMPTY
+
+
+def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
+    # Decoded JSON is always a dict: test that first, the ABC check is several times slower.
+    return type(value) is dict or isinstance(value, Mapping)
 
 
 def _sequence(value: object) -> Sequence[Any]:
