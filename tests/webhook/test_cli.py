@@ -293,6 +293,17 @@ def test_every_denial_is_reported_with_document_kind_and_name_and_nothing_writte
     )
 
 
+def test_an_unquoted_true_enable_label_is_an_error_asking_for_quotes() -> None:
+    text = WORKLOADS.read_text().replace(
+        'gvirtus.io/enabled: "true"', "gvirtus.io/enabled: true", 1
+    )
+    result = run("inject", "-f", "-", "--backend-address", BACKEND_IP, stdin=text)
+    assert result.returncode == 1
+    assert result.stderr.startswith("error: document 2 (Pod ml/cuda-smoke): label gvirtus.io/")
+    assert 'quote it: gvirtus.io/enabled: "true"' in result.stderr
+    assert result.stdout == ""
+
+
 def test_warnings_go_to_stderr_and_the_output_is_still_written() -> None:
     pod = loaded_workloads()[1]
     del pod["spec"]["containers"][0]["resources"]

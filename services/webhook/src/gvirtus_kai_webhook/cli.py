@@ -23,7 +23,7 @@ import yaml
 from gvirtus_kai_common.logs import setup_logging
 from pydantic import ValidationError
 
-from .mutation import MutationDenied, is_enabled, mutate_pod
+from .mutation import ENABLE_LABEL, MutationDenied, is_enabled, mutate_pod
 from .patching import apply_patch
 from .settings import STRATEGIES, Settings
 from .workloads import PodSite, pod_sites
@@ -110,6 +110,12 @@ def _label(index: int, site: PodSite) -> str:
     return f"document {index + 1} ({site.location})"
 
 
+def _unquoted_enable_label(pod: dict[str, Any]) -> bool:
+    metadata = pod.get("metadata")
+    labels = metadata.get("labels") if isinstance(metadata, dict) else None
+    return isinstance(labels, dict) and labels.get(ENABLE_LABEL) is True
+
+
 def _read(filename: str, stdin: TextIO) -> str:
     return stdin.read() if filename == "-" else Path(filename).read_text(encoding="utf-8")
 
@@ -117,12 +123,18 @@ def _read(filename: str, stdin: TextIO) -> str:
 def inject(documents: list[Any], settings: Settings, backend_address: str | None) -> _Report:
     """Mutate the enabled pods in ``documents`` in place; resolve the backend only if needed."""
     report = _Report()
-    sites = [
-        (index, site)
-        for index, document in enumerate(documents)
-        for site in pod_sites(document)
-        if is_enabled(site.pod)
-    ]
+    sites = []
+    for index, document in enumerate(documents):
+        for site in pod_sites(document):
+            if is_enabled(site.pod):
+                sites.append((index, site))
+            elif _unquoted_enable_label(site.pod):
+                report.errors.append(
+                    f"{_label(index, site)}: label {ENABLE_LABEL} is the YAML boolean true; "
+                    f'label values are strings, so quote it: {ENABLE_LABEL}: "true"'
+                )
+    if report.errors:
+        return report
     if not sites:
         return report
     if backend_address is None:
