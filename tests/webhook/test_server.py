@@ -1,0 +1,230 @@
+"""The real ``gvirtus-webhook`` process: HTTPS as the API server uses it, settings, signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import ssl
+import subprocess
+import time
+import warnings
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+import trustme
+
+from tests.dnsserver import LoopbackDnsServer
+from tests.tlsfiles import SERVICE_DNS_NAMES, SecretVolume, client_context, serving_cert
+from tests.webhook.conftest import BACKEND_ADDRESS, review_document
+from tests.webhookproc import (
+    BACKEND_HOST,
+    WebhookProcess,
+    api_server_client,
+    start_webhook,
+    webhook_command,
+)
+
+
+@dataclass
+class RunningWebhook:
+    process: WebhookProcess
+    ca: trustme.CA
+    dns: LoopbackDnsServer
+    log_file: Path
+
+    def client(self) -> httpx.Client:
+        return api_server_client(client_context(self.ca))
+
+    def log_lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line]
+
+
+def launch(
+    directory: Path, ca: trustme.CA, dns: LoopbackDnsServer, **settings: str
+) -> RunningWebhook:
+    volume = SecretVolume(directory / "tls")
+    volume.write(serving_cert(ca))
+    log_file = directory / "webhook.log"
+    with log_file.open("wb") as stderr:
+        process = start_webhook(
+            {
+                "TLS_CERT_FILE": str(volume.cert_file),
+                "TLS_KEY_FILE": str(volume.key_file),
+                "DNS_NAMESERVERS": dns.nameserver,
+                **settings,
+            },
+            stderr=stderr,
+        )
+    running = RunningWebhook(process, ca, dns, log_file)
+    try:
+        process.wait_ready(client_context(ca))
+    except Exception:
+        process.stop()
+        raise
+    return running
+
+
+@pytest.fixture(scope="module")
+def running(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningWebhook]:
+    """One webhook process shared by the read-only tests of this module."""
+    with LoopbackDnsServer() as dns:
+        dns.set_a(BACKEND_HOST, BACKEND_ADDRESS, ttl=30)
+        webhook = launch(tmp_path_factory.mktemp("webhook"), trustme.CA(), dns)
+        yield webhook
+        webhook.process.stop()
+
+
+# --- HTTPS as the API server sees it ---------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", SERVICE_DNS_NAMES)
+def test_certificate_verifies_for_every_service_dns_name(
+    running: RunningWebhook, name: str
+) -> None:
+    with running.client() as client:
+        response = client.get(running.process.url("/readyz"), extensions={"sni_hostname": name})
+    assert response.status_code == 200
+
+
+def test_certificate_does_not_verify_for_another_name(running: RunningWebhook) -> None:
+    with running.client() as client, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY"):
+        client.get(running.process.url("/readyz"), extensions={"sni_hostname": "evil.example"})
+
+
+def test_client_that_does_not_trust_the_ca_is_refused(running: RunningWebhook) -> None:
+    stranger = api_server_client(client_context(trustme.CA()))
+    with stranger, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY"):
+        running.process.get(stranger, "/readyz")
+
+
+def old_protocol_client(ca: trustme.CA, newest: ssl.TLSVersion) -> ssl.SSLContext:
+    """A client willing to speak TLS 1.0 up to ``newest`` (old versions need security level 0)."""
+    context = client_context(ca)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated is the point here
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = newest
+    return context
+
+
+def handshake(port: int, context: ssl.SSLContext) -> str | None:
+    with (
+        socket.create_connection(("127.0.0.1", port), timeout=10) as raw,
+        context.wrap_socket(raw, server_hostname=SERVICE_DNS_NAMES[2]) as tls,
+    ):
+        return tls.version()
+
+
+def test_tls_1_1_client_is_refused(running: RunningWebhook) -> None:
+    # The same client with TLS 1.2 allowed succeeds (next test), so the version is the cause.
+    client = old_protocol_client(running.ca, ssl.TLSVersion.TLSv1_1)
+    with pytest.raises(ssl.SSLError):
+        handshake(running.process.port, client)
+
+
+def test_tls_1_2_client_is_accepted(running: RunningWebhook) -> None:
+    client = old_protocol_client(running.ca, ssl.TLSVersion.TLSv1_2)
+    assert handshake(running.process.port, client) == "TLSv1.2"
+
+
+def test_review_is_mutated_over_https(running: RunningWebhook) -> None:
+    with running.client() as client:
+        body = json.dumps(review_document()).encode()
+        response = running.process.post(client, "/mutate", body)
+    assert response.status_code == 200
+    result = response.json()["response"]
+    assert result["allowed"] is True
+    assert result["patchType"] == "JSONPatch"
+
+
+def test_connection_is_kept_alive_across_reviews(running: RunningWebhook) -> None:
+    body = json.dumps(review_document()).encode()
+    with running.client() as client:
+        peers = set()
+        for _ in range(3):
+            response = running.process.post(client, "/mutate", body)
+            assert response.status_code == 200
+            stream = response.extensions["network_stream"]
+            peers.add(stream.get_extra_info("client_addr"))
+    assert len(peers) == 1  # one TCP connection (one local port) served all three
+
+
+def test_each_admission_is_one_json_log_line(running: RunningWebhook) -> None:
+    document = review_document()
+    document["request"]["uid"] = "log-line-uid"
+    with running.client() as client:
+        running.process.post(client, "/mutate", json.dumps(document).encode())
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        lines = [line for line in running.log_lines() if line.get("uid") == "log-line-uid"]
+        if lines:
+            break
+        time.sleep(0.05)
+    assert len(lines) == 1
+    line = lines[0]
+    assert line["msg"] == "admission"
+    assert line["level"] == "info"
+    assert line["namespace"] == "ml"
+    assert line["outcome"] == "mutated"
+    assert isinstance(line["duration_ms"], float)
+
+
+def test_no_access_log_lines(running: RunningWebhook) -> None:
+    with running.client() as client:
+        running.process.get(client, "/healthz")
+    assert not [line for line in running.log_lines() if "uvicorn.access" in str(line["logger"])]
+
+
+# --- process life cycle ----------------------------------------------------------------------
+
+
+def test_sigterm_exits_0(
+    tmp_path: Path, test_ca: trustme.CA, dns_server: LoopbackDnsServer
+) -> None:
+    webhook = launch(tmp_path, test_ca, dns_server)
+    assert webhook.process.stop() == 0
+
+
+def test_review_in_flight_at_sigterm_is_still_answered(
+    tmp_path: Path, test_ca: trustme.CA, dns_server: LoopbackDnsServer
+) -> None:
+    dns_server.set_silent(BACKEND_HOST)  # the review waits on DNS for the full timeout
+    webhook = launch(tmp_path, test_ca, dns_server, DNS_TIMEOUT_SECONDS="1.5")
+    body = json.dumps(review_document()).encode()
+    with webhook.client() as client, ThreadPoolExecutor(1) as pool:
+        in_flight = pool.submit(webhook.process.post, client, "/mutate", body)
+        deadline = time.monotonic() + 20
+        while not dns_server.query_count(BACKEND_HOST) and time.monotonic() < deadline:
+            time.sleep(0.01)
+        assert dns_server.query_count(BACKEND_HOST), "the review never reached DNS"
+        webhook.process.process.send_signal(signal.SIGTERM)
+        response = in_flight.result(timeout=30)
+    assert response.status_code == 200
+    assert "no DNS answer" in response.json()["response"]["status"]["message"]
+    assert webhook.process.stop() == 0
+
+
+def test_invalid_setting_exits_2_naming_the_variable() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
+    env["GVIRTUS_KAI_LISTEN_PORT"] = "99999"
+    done = subprocess.run(webhook_command(), env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 2
+    assert "GVIRTUS_KAI_LISTEN_PORT" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_missing_certificate_exits_1_naming_the_file(tmp_path: Path) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
+    env["GVIRTUS_KAI_TLS_CERT_FILE"] = str(tmp_path / "absent.crt")
+    env["GVIRTUS_KAI_TLS_KEY_FILE"] = str(tmp_path / "absent.key")
+    done = subprocess.run(webhook_command(), env=env, capture_output=True, text=True, timeout=60)
+    assert done.returncode == 1
+    assert "absent.crt" in done.stderr
+    assert "Traceback" not in done.stderr
