@@ -120,13 +120,6 @@ def test_webhook_mounts_the_tls_secret_where_its_settings_point() -> None:
     assert mounts["tls"] == {"name": "tls", "mountPath": "/tls", "readOnly": True}
 
 
-def test_auto_mode_reuses_an_existing_secret_through_lookup() -> None:
-    # `helm template` has no cluster, so lookup returns nothing and certificates are generated;
-    # the reuse branch itself is exercised against a live API server in test_upgrade_reuse.py.
-    helpers = (Path(__file__).parents[2] / "charts/gvirtus-kai/templates/_helpers.tpl").read_text()
-    assert 'lookup "v1" "Secret" .Release.Namespace $secretName' in helpers
-
-
 def test_cert_manager_mode_builds_a_ca_chain_and_injects_the_ca() -> None:
     manifests = render("cert-manager-values.yaml")
     assert not manifests.of_kind("Secret")
