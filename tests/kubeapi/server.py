@@ -8,8 +8,9 @@ resourceVersions (410 Gone) and a whole API outage (``stop()``/``start()`` on th
 What it implements, as the real server does:
 
 * GET / LIST (``labelSelector``, ``fieldSelector`` on ``metadata.name``/``metadata.namespace``,
-  list ``metadata.resourceVersion``) / POST / PUT / PATCH / DELETE for cluster-scoped and
-  namespaced resources of any registered type (core and ``apis/<group>``).
+  list ``metadata.resourceVersion``, paging with ``limit``/``continue``) / POST / PUT / PATCH /
+  DELETE for cluster-scoped and namespaced resources of any registered type (core and
+  ``apis/<group>``).
 * One global, monotonically increasing resourceVersion; a write that changes nothing keeps it.
 * Optimistic concurrency: ``metadata.resourceVersion`` in a PUT body or a merge patch is a
   precondition, answered with 409 Conflict when stale.
@@ -24,6 +25,7 @@ What it implements, as the real server does:
 from __future__ import annotations
 
 import asyncio
+import base64
 import copy
 import json
 import time
@@ -705,17 +707,7 @@ class FakeKubeApi:
         name: str | None,
     ) -> tuple[int, JsonObject]:
         if verb == "list":
-            labels, fields = self._selectors(request)
-            items = [
-                {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
-                for obj in self._select(rtype, namespace, labels, fields)
-            ]
-            return 200, {
-                "kind": f"{rtype.kind}List",
-                "apiVersion": rtype.api_version,
-                "metadata": {"resourceVersion": str(self._resource_version)},
-                "items": items,
-            }
+            return 200, self._list(request, rtype, namespace)
         if verb == "create":
             if not isinstance(request.body, dict):
                 raise ApiStatusError(400, "the body of the request was in an unknown format")
@@ -731,6 +723,42 @@ class FakeKubeApi:
                 raise ApiStatusError(400, "the body of the request was in an unknown format")
             return 200, self._update(rtype, current, request.body)
         return 200, self._update(rtype, current, self._apply_patch(request, current))
+
+    def _list(
+        self, request: RecordedRequest, rtype: ResourceType, namespace: str | None
+    ) -> JsonObject:
+        """A list, paged by ``limit``/``continue``. Later pages report the first page's version;
+        unlike the real server they show the objects as they are now, not as of that version."""
+        labels, fields = self._selectors(request)
+        items = [
+            {k: v for k, v in obj.items() if k not in ("kind", "apiVersion")}
+            for obj in self._select(rtype, namespace, labels, fields)
+        ]
+        version, start = self._resource_version, 0
+        if token := request.query.get("continue"):
+            try:
+                version, start = json.loads(base64.urlsafe_b64decode(token))
+            except ValueError:
+                raise ApiStatusError(400, "continue key is not valid") from None
+            if version < self._compacted:
+                raise ApiStatusError(
+                    410,
+                    "The provided continue parameter is too old to display a consistent list "
+                    "result. You can start a new list without the continue parameter.",
+                )
+        limit = int(request.query.get("limit") or 0)
+        end = start + limit if limit > 0 else len(items)
+        metadata: JsonObject = {"resourceVersion": str(version)}
+        if end < len(items):
+            next_page = json.dumps([version, end]).encode()
+            metadata["continue"] = base64.urlsafe_b64encode(next_page).decode()
+            metadata["remainingItemCount"] = len(items) - end
+        return {
+            "kind": f"{rtype.kind}List",
+            "apiVersion": rtype.api_version,
+            "metadata": metadata,
+            "items": items[start:end],
+        }
 
     @staticmethod
     def _apply_patch(request: RecordedRequest, current: JsonObject) -> JsonObject:

@@ -138,6 +138,42 @@ async def test_list_filters_by_label_selector(
     assert [item["metadata"]["name"] for item in body["items"]] == expected
 
 
+async def test_list_pages_with_limit_and_continue_at_one_resource_version(
+    kube_api: FakeKubeApi, http: httpx.AsyncClient
+) -> None:
+    for name in ("a", "b", "c", "d", "e"):
+        kube_api.add_node(name)
+    version = str(kube_api.resource_version)
+
+    pages, token = [], None
+    while True:
+        params = {"limit": "2", **({"continue": token} if token else {})}
+        body = (await http.get(NODES, params=params)).json()
+        pages.append([item["metadata"]["name"] for item in body["items"]])
+        assert body["metadata"]["resourceVersion"] == version
+        token = body["metadata"].get("continue")
+        if token is None:
+            break
+        kube_api.add_node(f"z{len(pages)}")  # moves the server on; the pages keep their version
+
+    assert pages[:2] == [["a", "b"], ["c", "d"]]
+    assert pages[2][0] == "e"
+
+
+async def test_a_continue_token_older_than_the_history_is_expired(
+    kube_api: FakeKubeApi, http: httpx.AsyncClient
+) -> None:
+    for name in ("a", "b", "c"):
+        kube_api.add_node(name)
+    token = (await http.get(NODES, params={"limit": "1"})).json()["metadata"]["continue"]
+    kube_api.set_labels("a", {"x": "1"})
+    kube_api.expire_history()
+
+    response = await http.get(NODES, params={"limit": "1", "continue": token})
+
+    assert (response.status_code, response.json()["reason"]) == (410, "Expired")
+
+
 async def test_an_unsupported_field_selector_is_a_bad_request(http: httpx.AsyncClient) -> None:
     response = await http.get(NODES, params={"fieldSelector": "spec.unschedulable=true"})
 

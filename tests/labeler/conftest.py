@@ -45,6 +45,7 @@ async def start_labeler(
         node_name: str | None = "n1",
         wanted: Mapping[str, str] = DEFAULTS,
         watch_window: float = 300.0,
+        list_chunk_size: int = 500,
     ) -> Labeler:
         labeler = Labeler(
             client,
@@ -53,6 +54,7 @@ async def start_labeler(
             node_name=node_name,
             backoff=Backoff(initial=0.05, maximum=0.5),
             watch_window=watch_window,
+            list_chunk_size=list_chunk_size,
         )
         tasks.append(asyncio.create_task(labeler.run()))
         return labeler

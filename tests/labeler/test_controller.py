@@ -358,14 +358,14 @@ async def test_every_added_label_is_logged_with_node_key_and_value(
 # -- all nodes ------------------------------------------------------------------------------------
 
 
-async def test_all_nodes_mode_labels_many_nodes_through_one_watch(
+async def test_all_nodes_mode_lists_in_pages_and_labels_many_nodes_through_one_watch(
     kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: CollectorRegistry
 ) -> None:
     names = [f"node-{i:03d}" for i in range(150)]
     for name in names:
         kube_api.add_node(name, {BACKEND: "true"} if name.endswith("7") else {})
 
-    await start_labeler(node_name=None)
+    await start_labeler(node_name=None, list_chunk_size=40)
     await kube_api.wait_until(
         lambda: all(FRONTEND in kube_api.labels(name) for name in names), within=WAIT * 3
     )
@@ -377,6 +377,7 @@ async def test_all_nodes_mode_labels_many_nodes_through_one_watch(
     await has_labels(kube_api, "late-joiner", DEFAULTS)
     await has_labels(kube_api, "node-042", {FRONTEND: "true"})
     assert kube_api.labels("node-017")[BACKEND] == "true"
+    assert [r.query.get("continue") is None for r in lists(kube_api)] == [True] + [False] * 3
     assert len(watches(kube_api)) == 1
     assert "fieldSelector" not in watches(kube_api)[0].query
 

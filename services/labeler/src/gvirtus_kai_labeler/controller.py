@@ -86,6 +86,7 @@ class Labeler:
         node_name: str | None = None,
         backoff: Backoff | None = None,
         watch_window: float = WATCH_WINDOW_SECONDS,
+        list_chunk_size: int = 500,
     ) -> None:
         """``node_name`` set: label that node only; None: every node of the cluster."""
         self._client = client
@@ -95,6 +96,7 @@ class Labeler:
         self._fields: FieldSelector | None = {"metadata.name": node_name} if node_name else None
         self._backoff = backoff or Backoff(initial=0.2, maximum=30.0)
         self._watch_window = watch_window
+        self._list_chunk_size = list_chunk_size  # nodes per list page on large clusters
         self._resource_version: str | None = None  # where the next watch resumes
         self._expired_in_a_row = 0
         self._patches = asyncio.Semaphore(PARALLEL_PATCHES)
@@ -160,7 +162,7 @@ class Labeler:
     async def _label_listed_nodes(self, *, require_node: bool = False) -> str:
         """List the nodes in scope, add what each lacks; return the version to watch from."""
         with api_call("list"):
-            listing = self._client.list(Node, fields=self._fields, chunk_size=500)
+            listing = self._client.list(Node, fields=self._fields, chunk_size=self._list_chunk_size)
             nodes = [node async for node in listing]
             version = listing.resourceVersion
         if self._node_name and not nodes:
