@@ -12,6 +12,7 @@ import os
 import shutil
 import ssl
 import tempfile
+import warnings
 from pathlib import Path
 
 import trustme
@@ -35,6 +36,17 @@ def client_context(ca: trustme.CA) -> ssl.SSLContext:
     """A client context that trusts only ``ca`` and verifies host names, like the API server."""
     context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH)
     context.load_verify_locations(cadata=ca.cert_pem.bytes().decode())
+    return context
+
+
+def old_protocol_client(ca: trustme.CA, newest: ssl.TLSVersion) -> ssl.SSLContext:
+    """A client willing to speak TLS 1.0 up to ``newest`` (old versions need security level 0)."""
+    context = client_context(ca)
+    context.set_ciphers("DEFAULT:@SECLEVEL=0")
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated is the point here
+        context.minimum_version = ssl.TLSVersion.TLSv1
+        context.maximum_version = newest
     return context
 
 

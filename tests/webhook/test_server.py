@@ -9,7 +9,6 @@ import socket
 import ssl
 import subprocess
 import time
-import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -20,7 +19,13 @@ import pytest
 import trustme
 
 from tests.dnsserver import LoopbackDnsServer
-from tests.tlsfiles import SERVICE_DNS_NAMES, SecretVolume, client_context, serving_cert
+from tests.tlsfiles import (
+    SERVICE_DNS_NAMES,
+    SecretVolume,
+    client_context,
+    old_protocol_client,
+    serving_cert,
+)
 from tests.webhook.conftest import BACKEND_ADDRESS, review_document
 from tests.webhookproc import (
     BACKEND_HOST,
@@ -101,17 +106,6 @@ def test_client_that_does_not_trust_the_ca_is_refused(running: RunningWebhook) -
     stranger = api_server_client(client_context(trustme.CA()))
     with stranger, pytest.raises(httpx.ConnectError, match="CERTIFICATE_VERIFY"):
         running.process.get(stranger, "/readyz")
-
-
-def old_protocol_client(ca: trustme.CA, newest: ssl.TLSVersion) -> ssl.SSLContext:
-    """A client willing to speak TLS 1.0 up to ``newest`` (old versions need security level 0)."""
-    context = client_context(ca)
-    context.set_ciphers("DEFAULT:@SECLEVEL=0")
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", DeprecationWarning)  # deprecated is the point here
-        context.minimum_version = ssl.TLSVersion.TLSv1
-        context.maximum_version = newest
-    return context
 
 
 def handshake(port: int, context: ssl.SSLContext) -> str | None:
