@@ -313,6 +313,25 @@ def test_warnings_go_to_stderr_and_the_output_is_still_written() -> None:
     assert PROPERTIES_ANNOTATION in result.stdout
 
 
+def test_a_closed_stdout_fails_without_a_traceback() -> None:
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # nobody will read: the first write fails with EPIPE
+    try:
+        result = subprocess.run(
+            [CLI, "inject", "-f", str(WORKLOADS), "--backend-address", BACKEND_IP],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+    finally:
+        os.close(write_end)
+    assert result.returncode == 1
+    assert "stdout was closed" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
 def test_invalid_settings_fail_naming_the_setting() -> None:
     result = run(
         "inject", "-f", str(WORKLOADS), "--backend-address", BACKEND_IP,

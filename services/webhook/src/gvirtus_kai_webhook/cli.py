@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import ipaddress
+import os
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -208,7 +209,15 @@ def run_inject(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    return run_inject(args, sys.stdin, sys.stdout, sys.stderr)
+    try:
+        return run_inject(args, sys.stdin, sys.stdout, sys.stderr)
+    except BrokenPipeError:
+        # The reader went away (`... | head`): not worth a traceback. Point stdout at devnull so
+        # the interpreter's final flush does not fail again.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        print("error: stdout was closed before the output was written", file=sys.stderr)
+        return EXIT_FAILED
 
 
 if __name__ == "__main__":
