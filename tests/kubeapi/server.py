@@ -425,6 +425,14 @@ class FakeKubeApi:
                 watch.queue.put_nowait(self._expired(watch_from=0))
                 watch.queue.put_nowait(_END)
 
+    def inject_watch_event(self, event: JsonObject) -> None:
+        """Send ``event`` (e.g. an ERROR with a 500 Status) on every open watch, as is; an ERROR
+        ends the stream afterwards, as the real server does."""
+        for watch in list(self._watches):
+            watch.queue.put_nowait(event)
+            if event.get("type") == "ERROR":
+                watch.queue.put_nowait(_END)
+
     def send_bookmarks(self) -> None:
         for watch in list(self._watches):
             if watch.bookmarks:

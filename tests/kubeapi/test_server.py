@@ -16,7 +16,13 @@ from lightkube.resources.core_v1 import Node
 from lightkube.types import PatchType
 
 from tests.kubeapi.fixtures import kube_api, kubeconfig
-from tests.kubeapi.server import JSON_PATCH, MERGE_PATCH, STRATEGIC_MERGE_PATCH, FakeKubeApi
+from tests.kubeapi.server import (
+    JSON_PATCH,
+    MERGE_PATCH,
+    STRATEGIC_MERGE_PATCH,
+    FakeKubeApi,
+    status_object,
+)
 
 __all__ = ["kube_api", "kubeconfig"]  # fixtures used by this module
 
@@ -516,6 +522,17 @@ async def test_no_bookmarks_without_allow_watch_bookmarks(
         event = await stream.next()
 
     assert event["type"] == "MODIFIED"
+
+
+async def test_an_injected_error_event_is_delivered_and_ends_the_watch(
+    kube_api: FakeKubeApi, http: httpx.AsyncClient
+) -> None:
+    async with watching(http, resourceVersion="1") as stream:
+        await kube_api.wait_until(lambda: kube_api.open_watches == 1)
+        kube_api.inject_watch_event({"type": "ERROR", "object": status_object(500, "etcd hiccup")})
+        events = await stream.rest()
+
+    assert [(e["type"], e["object"]["code"]) for e in events] == [("ERROR", 500)]
 
 
 async def test_timeout_seconds_ends_the_watch_cleanly(http: httpx.AsyncClient) -> None:

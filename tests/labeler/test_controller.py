@@ -12,7 +12,7 @@ from gvirtus_kai_labeler.metrics import Metrics
 from lightkube import AsyncClient
 from prometheus_client import CollectorRegistry
 
-from tests.kubeapi.server import MERGE_PATCH, FakeKubeApi, RecordedRequest
+from tests.kubeapi.server import MERGE_PATCH, FakeKubeApi, RecordedRequest, status_object
 from tests.labeler.conftest import StartLabeler
 from tests.labeler.support import BACKEND, DEFAULTS, FRONTEND, WAIT, metric
 
@@ -260,6 +260,23 @@ async def test_a_dropped_watch_resumes_from_the_last_seen_version(
 
     await has_labels(kube_api, "n1", {FRONTEND: "true"})
     assert watches(kube_api)[1].query["resourceVersion"] == str(seen)
+    assert len(lists(kube_api)) == 1
+
+
+async def test_an_error_event_inside_the_watch_is_retried_from_the_last_version(
+    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: CollectorRegistry
+) -> None:
+    kube_api.add_node("n1")
+    await start_labeler()
+    await has_labels(kube_api, "n1", DEFAULTS)
+    await watching(kube_api)
+
+    kube_api.inject_watch_event({"type": "ERROR", "object": status_object(500, "etcd hiccup")})
+    await kube_api.wait_until(lambda: len(watches(kube_api)) == 2, within=WAIT)
+    kube_api.remove_label("n1", FRONTEND)
+
+    await has_labels(kube_api, "n1", {FRONTEND: "true"})
+    assert metric(registry, "gvirtus_labeler_api_errors_total", verb="watch", code="500") == 1
     assert len(lists(kube_api)) == 1
 
 
