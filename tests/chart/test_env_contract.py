@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import pytest
+from gvirtus_kai_device_plugin.settings import Settings as DevicePluginSettings
+from gvirtus_kai_labeler.settings import Settings as LabelerSettings
 from gvirtus_kai_webhook.settings import Settings as WebhookSettings
+from pydantic_settings import BaseSettings
 
 from tests.chart.conftest import container, env_of, render
 
@@ -36,13 +39,19 @@ DESIGN_SETTINGS = {
         "HEALTH_PORT",
     },
 }
-# What the chart sets: every design setting except the listen address, which keeps its default.
+# What the chart sets: every design setting except the listen address, which keeps its default,
+# plus LOG_LEVEL, which every service's Settings class reads.
 CHART_SETS = {
     "webhook": DESIGN_SETTINGS["webhook"] - {"LISTEN_HOST"},
-    "labeler": DESIGN_SETTINGS["labeler"],
-    "device-plugin": DESIGN_SETTINGS["device-plugin"],
+    "labeler": DESIGN_SETTINGS["labeler"] | {"LOG_LEVEL"},
+    "device-plugin": DESIGN_SETTINGS["device-plugin"] | {"LOG_LEVEL"},
 }
 WORKLOADS = {"webhook": "Deployment", "labeler": "DaemonSet", "device-plugin": "DaemonSet"}
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "webhook": WebhookSettings,
+    "labeler": LabelerSettings,
+    "device-plugin": DevicePluginSettings,
+}
 
 
 @pytest.mark.parametrize("component", sorted(WORKLOADS))
@@ -52,11 +61,19 @@ def test_chart_sets_the_design_settings_of_each_service(component: str) -> None:
     assert all(name.startswith(PREFIX) for name in env)
 
 
-def test_every_webhook_env_name_is_a_field_of_the_webhook_settings() -> None:
-    env = env_of(render().one("Deployment", "webhook"))
-    fields = {name.upper() for name in WebhookSettings.model_fields}
+@pytest.mark.parametrize("component", sorted(SETTINGS))
+def test_every_env_name_is_a_field_of_the_service_settings(component: str) -> None:
+    settings = SETTINGS[component]
+    env = env_of(render().one(WORKLOADS[component], component))
+    fields = {name.upper() for name in settings.model_fields}
     assert {name.removeprefix(PREFIX) for name in env} <= fields
-    assert WebhookSettings.model_config.get("env_prefix") == PREFIX
+    assert settings.model_config.get("env_prefix") == PREFIX
+
+
+@pytest.mark.parametrize("component", sorted(SETTINGS))
+def test_design_settings_are_all_known_to_the_service(component: str) -> None:
+    fields = {name.upper() for name in SETTINGS[component].model_fields}
+    assert fields >= DESIGN_SETTINGS[component]
 
 
 def test_webhook_settings_accept_the_rendered_environment(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -123,6 +140,7 @@ def test_device_plugin_defaults_match_the_design_table() -> None:
         "GVIRTUS_KAI_CDI_DIR": "/var/run/cdi",
         "GVIRTUS_KAI_CDI_KIND": "gvirtus.io/vgpu",
         "GVIRTUS_KAI_HEALTH_PORT": "8080",
+        "GVIRTUS_KAI_LOG_LEVEL": "info",
     }
 
 
@@ -153,3 +171,29 @@ def test_device_plugin_mounts_the_host_directories_it_is_told_about() -> None:
 )
 def test_each_service_starts_with_its_console_script(component: str, command: list[str]) -> None:
     assert container(render().one(WORKLOADS[component], component))["command"] == command
+
+
+def _load_rendered_env(component: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    workload = render("custom-labels-values.yaml").one(WORKLOADS[component], component)
+    for name, value in env_of(workload).items():
+        if isinstance(value, str):  # the node name comes from the downward API at run time
+            monkeypatch.setenv(name, value)
+
+
+def test_labeler_settings_parse_the_rendered_label_defaults(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _load_rendered_env("labeler", monkeypatch)
+    assert LabelerSettings().labels == {
+        "example.com/gvirtus-frontend": "false",
+        "example.com/gvirtus-backend": "false",
+    }
+
+
+def test_device_plugin_settings_read_the_rendered_resource_name(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _load_rendered_env("device-plugin", monkeypatch)
+    settings = DevicePluginSettings()
+    assert settings.resource_name == "example.com/vgpu"
+    assert settings.device_count == 16
