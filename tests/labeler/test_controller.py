@@ -190,8 +190,11 @@ async def test_an_operator_setting_the_label_while_it_is_missing_keeps_its_value
 
     kube_api.remove_label("n1", BACKEND)
     kube_api.set_labels("n1", {BACKEND: "true"})
-    await asyncio.sleep(0.3)  # let the labeler see both events
+    # The labeler reacts to the removal with a write against its version: refused, it reads again.
+    await kube_api.wait_until(lambda: bool(kube_api.requests_to("GET", f"{NODE}/n1")), within=WAIT)
+    await watching(kube_api)
 
+    assert [p.status for p in patches(kube_api)] == [409]
     assert kube_api.labels("n1")[BACKEND] == "true"
 
 
