@@ -349,6 +349,20 @@ async def test_create_answers_201_and_a_duplicate_answers_already_exists(
     assert second.json()["message"] == 'nodes "n1" already exists'
 
 
+async def test_delete_answers_the_object_and_watchers_see_it_deleted(
+    kube_api: FakeKubeApi, http: httpx.AsyncClient
+) -> None:
+    kube_api.add_node("n1")
+
+    async with watching(http, resourceVersion=str(kube_api.resource_version)) as stream:
+        response = await http.delete(f"{NODES}/n1")
+        event = await stream.next()
+
+    assert (response.status_code, response.json()["metadata"]["name"]) == (200, "n1")
+    assert (event["type"], event["object"]["metadata"]["name"]) == ("DELETED", "n1")
+    assert kube_api.get("nodes", "n1") is None
+
+
 async def test_name_is_immutable(kube_api: FakeKubeApi, http: httpx.AsyncClient) -> None:
     kube_api.add_node("n1")
 
