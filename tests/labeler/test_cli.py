@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -191,6 +192,22 @@ async def test_no_usable_kube_config_exits_2(tmp_path: Path) -> None:
 
     assert code == 2
     assert "no Kubernetes API configuration" in stderr
+
+
+async def test_a_health_port_already_in_use_fails_naming_the_port(
+    kube_api: FakeKubeApi, kubeconfig: Path
+) -> None:
+    kube_api.add_node("n1")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = str(taken.getsockname()[1])
+
+        code, stderr = await run(env=environment(kubeconfig, node_name="n1", health_port=port))
+
+    assert code == 1
+    [error] = [e for e in json_lines(stderr) if e["level"] == "error"]
+    assert (error["msg"], str(error["port"])) == ("cannot serve /healthz and /metrics", port)
 
 
 # -- long-running ---------------------------------------------------------------------------------

@@ -76,12 +76,18 @@ async def _run(settings: Settings, once: bool, all_nodes: bool) -> int:
         if once:
             return await _label_once(labeler, stop)
         health = HealthServer(settings.health_host, settings.health_port, labeler.healthy, registry)
-        await health.start()
         try:
-            await _run_until_stopped(labeler, stop)
+            await health.start()
+        except OSError as error:
+            log.error(
+                "cannot serve /healthz and /metrics",
+                extra={"port": settings.health_port, "error": str(error)},
+            )
+            return EXIT_FAILED
+        try:
+            return await _run_until_stopped(labeler, stop)
         finally:
             await health.stop()
-        return 0
     finally:
         await client.close()
 
@@ -107,15 +113,19 @@ async def _label_once(labeler: Labeler, stop: asyncio.Event) -> int:
     return 0
 
 
-async def _run_until_stopped(labeler: Labeler, stop: asyncio.Event) -> None:
+async def _run_until_stopped(labeler: Labeler, stop: asyncio.Event) -> int:
     work = asyncio.create_task(labeler.run())
     stopped = asyncio.create_task(stop.wait())
     await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
     stopped.cancel()
+    if work.done():  # run() only ends by cancellation; anything else is a bug worth a restart
+        log.error("control loop ended unexpectedly", exc_info=work.exception())
+        return EXIT_FAILED
     work.cancel()
     with contextlib.suppress(asyncio.CancelledError, TimeoutError):
         await asyncio.wait_for(work, SHUTDOWN_GRACE_SECONDS)
     log.info("stopped", extra={"scope": labeler.scope})
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
