@@ -222,3 +222,10 @@ def test_missing_certificate_exits_1_naming_the_file(tmp_path: Path) -> None:
     assert done.returncode == 1
     assert "absent.crt" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+def test_log_lines_carry_no_terminal_colour_codes(running: RunningWebhook) -> None:
+    lines = running.log_lines()
+    assert any(line["logger"] == "uvicorn.error" for line in lines)
+    assert all("color_message" not in line for line in lines)
+    assert "\x1b[" not in running.log_file.read_text()

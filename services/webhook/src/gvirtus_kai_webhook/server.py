@@ -43,6 +43,12 @@ class _Server(uvicorn.Server):
         yield
 
 
+def _drop_terminal_colours(record: logging.LogRecord) -> bool:
+    # uvicorn attaches an ANSI-coloured copy of some messages; in JSON lines it is only noise.
+    record.__dict__.pop("color_message", None)
+    return True
+
+
 def uvicorn_config(app: WebhookApp, settings: Settings, tls: ReloadingServerTLS) -> uvicorn.Config:
     return uvicorn.Config(
         app,
@@ -111,6 +117,7 @@ def main() -> None:
     logging.logProcesses = False
     logging.logMultiprocessing = False
     logging._srcfile = None
+    logging.getLogger("uvicorn.error").addFilter(_drop_terminal_colours)
     disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: scrape noise
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
