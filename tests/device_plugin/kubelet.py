@@ -97,16 +97,20 @@ class KubeletEmulator:
     async def _dial(self, registration: Registration) -> None:
         async with self._channel(registration.request.endpoint) as channel:
             stub = api_pb2_grpc.DevicePluginStub(channel)
-            registration.options = await stub.GetDevicePluginOptions(
-                api_pb2.Empty(), timeout=WAIT_SECONDS
-            )
-            call = stub.ListAndWatch(api_pb2.Empty())
-            async for response in call:
-                async with self._changed:
-                    self.device_lists.append([(d.ID, d.health) for d in response.devices])
-                    self._changed.notify_all()
+            try:
+                registration.options = await stub.GetDevicePluginOptions(
+                    api_pb2.Empty(), timeout=WAIT_SECONDS
+                )
+                call = stub.ListAndWatch(api_pb2.Empty())
+                async for response in call:
+                    async with self._changed:
+                        self.device_lists.append([(d.ID, d.health) for d in response.devices])
+                        self._changed.notify_all()
+                status = await call.code()
+            except grpc.aio.AioRpcError as error:
+                status = error.code()  # recorded for tests, as the kubelet logs it
             async with self._changed:
-                self.stream_status = await call.code()
+                self.stream_status = status
                 self._changed.notify_all()
 
     async def wait_for(self, condition: Any, within: float = WAIT_SECONDS) -> None:

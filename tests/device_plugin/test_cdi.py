@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jsonschema  # type: ignore[import-untyped]
+import jsonschema
 import pytest
 from gvirtus_kai_device_plugin import files
 from gvirtus_kai_device_plugin.plugin import DevicePlugin

@@ -126,7 +126,16 @@ async def test_logs_no_error_on_a_clean_stop(plugin_process: PluginProcess) -> N
     assert [level for level in levels if level not in ("info", "debug")] == []
 
 
-async def test_stderr_holds_nothing_but_json(plugin_process: PluginProcess) -> None:
+async def test_stderr_holds_nothing_but_json_across_kubelet_restarts(
+    plugin_process: PluginProcess, kubelet: KubeletEmulator, plugin_dir: Path
+) -> None:
+    # Restarts close connections under grpc's feet: its C core then has things to say.
+    for _ in range(5):
+        await kubelet.stop()
+        kubelet = KubeletEmulator(plugin_dir)
+        await kubelet.start()
+        await kubelet.wait_for_registrations(1)
+    await kubelet.stop()
     plugin_process.process.send_signal(signal.SIGTERM)
     await asyncio.wait_for(plugin_process.process.wait(), WAIT_SECONDS)
     not_json = []

@@ -1,0 +1,122 @@
+"""Device plugin figures next to their targets (``make bench``).
+
+Runs the real ``gvirtus-device-plugin`` process against the kubelet emulator of the tests, in this
+process. Each of the kubelet restarts does what a restarting kubelet does to the plugin directory:
+stop serving and remove ``kubelet.sock``, remove the plugins' sockets, then create a fresh
+``kubelet.sock``. The figure is the time from the new ``kubelet.sock`` listening to the plugin's
+Register call arriving. Idle RSS is read after the plugin has sat registered for a few seconds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from tests.device_plugin.kubelet import KubeletEmulator  # noqa: E402
+
+COMMAND = str(Path(sys.executable).parent / "gvirtus-device-plugin")
+TARGET_REREGISTER_S = 1.0
+TARGET_RSS_MIB = 50.0
+IDLE_SECONDS = 3.0
+DEVICE_COUNT = 16
+
+
+def count_not_json(lines: list[str]) -> int:
+    count = 0
+    for line in lines:
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            count += 1
+    return count
+
+
+def row(name: str, value: float, unit: str, target: float) -> str:
+    status = "PASS" if value <= target else "MISS"
+    return f"  {status}  {name:<40} {value:>9.3f} {unit:<4} target <= {target:g} {unit}"
+
+
+def remove_plugin_sockets(plugin_dir: Path) -> None:
+    """What the kubelet's device manager does when it starts."""
+    for leftover in plugin_dir.glob("*.sock"):
+        leftover.unlink(missing_ok=True)
+
+
+async def restart_kubelet(old: KubeletEmulator, plugin_dir: Path) -> tuple[KubeletEmulator, float]:
+    await old.stop()
+    remove_plugin_sockets(plugin_dir)
+    await asyncio.sleep(0.05)  # the gap while a real kubelet starts up
+    fresh = KubeletEmulator(plugin_dir)
+    await fresh.start()
+    await fresh.wait_for_registrations(1)
+    return fresh, fresh.registrations[0].received_at - fresh.socket_created_at
+
+
+async def bench(restarts: int) -> list[str]:
+    work = Path(tempfile.mkdtemp(dir="/tmp", prefix="gdp-bench-"))  # short: unix socket paths
+    plugin_dir, cdi_dir = work / "plugins", work / "cdi"
+    plugin_dir.mkdir()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
+    env.update(
+        GVIRTUS_KAI_PLUGIN_DIR=str(plugin_dir),
+        GVIRTUS_KAI_CDI_DIR=str(cdi_dir),
+        GVIRTUS_KAI_DEVICE_COUNT=str(DEVICE_COUNT),
+        GVIRTUS_KAI_HEALTH_HOST="127.0.0.1",
+        GVIRTUS_KAI_HEALTH_PORT="0",
+        GVIRTUS_KAI_LOG_LEVEL="warning",
+    )
+    kubelet = KubeletEmulator(plugin_dir)
+    await kubelet.start()
+    started = time.monotonic()
+    log_path = work / "plugin.log"
+    with log_path.open("wb") as log_file:
+        process = await asyncio.create_subprocess_exec(COMMAND, env=env, stderr=log_file)
+    try:
+        await kubelet.wait_for_registrations(1)
+        first_registration = time.monotonic() - started
+        delays = []
+        for _ in range(restarts):
+            kubelet, delay = await restart_kubelet(kubelet, plugin_dir)
+            delays.append(delay)
+        await asyncio.sleep(IDLE_SECONDS)
+        memory = psutil.Process(process.pid).memory_full_info()
+    finally:
+        process.terminate()
+        await process.wait()
+        await kubelet.stop()
+        not_json = count_not_json(log_path.read_text().splitlines())
+        shutil.rmtree(work, ignore_errors=True)
+    return [
+        f"device plugin, {DEVICE_COUNT} devices, {restarts} kubelet restarts:",
+        f"  info  process start to first registration   {first_registration:>9.3f} s",
+        row("re-registration after restart, median", statistics.median(delays), "s",
+            TARGET_REREGISTER_S),
+        row("re-registration after restart, worst", max(delays), "s", TARGET_REREGISTER_S),
+        row("idle RSS", memory.rss / 2**20, "MiB", TARGET_RSS_MIB),
+        f"  info  idle USS (not shared with other processes) {memory.uss / 2**20:>6.3f} MiB",
+        row("stderr lines that are not JSON", not_json, "", 0),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--restarts", type=int, default=20, help="kubelet restarts to measure")
+    args = parser.parse_args()
+    print("\n".join(asyncio.run(bench(args.restarts))), flush=True)
+
+
+if __name__ == "__main__":
+    main()
