@@ -34,7 +34,10 @@ class KubeletEmulator:
     plugin_dir: Path
     # Answer this many Register calls with an error first, as a kubelet does for a bad request.
     refusals: int = 0
+    # Accept Register calls but never answer them, like a wedged kubelet.
+    unresponsive: bool = False
     registrations: list[Registration] = field(default_factory=list)
+    # Register calls refused or left unanswered.
     refused: list[api_pb2.RegisterRequest] = field(default_factory=list)
     device_lists: list[list[tuple[str, str]]] = field(default_factory=list)
     stream_status: grpc.StatusCode | None = None
@@ -70,6 +73,11 @@ class KubeletEmulator:
     async def Register(  # gRPC method name
         self, request: api_pb2.RegisterRequest, context: Any
     ) -> api_pb2.Empty:
+        if self.unresponsive:
+            async with self._changed:
+                self.refused.append(request)
+                self._changed.notify_all()
+            await asyncio.Event().wait()  # until the server stops and cancels the call
         if self.refusals > 0:
             self.refusals -= 1
             self.refused.append(request)

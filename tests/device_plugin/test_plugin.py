@@ -244,6 +244,21 @@ async def test_backs_off_between_refused_registrations(
         await refusing.stop()
 
 
+async def test_stop_cuts_short_a_registration_the_kubelet_never_answers(
+    settings: Settings, plugin_dir: Path, start_plugin: Callable[[Settings], RunningPlugin]
+) -> None:
+    wedged = KubeletEmulator(plugin_dir, unresponsive=True)
+    await wedged.start()
+    try:
+        running = start_plugin(settings)
+        await wedged.wait_for(lambda: len(wedged.refused) == 1)
+        # The registration RPC would only time out after 5 s; a stop must not wait for that.
+        await asyncio.wait_for(running.stop(), timeout=2.0)
+        assert (running.task.done(), settings.socket_path.exists()) == (True, False)
+    finally:
+        await wedged.stop()
+
+
 async def test_clean_stop_removes_socket_and_cdi_spec(
     registered_plugin: RunningPlugin, settings: Settings
 ) -> None:

@@ -80,7 +80,12 @@ def main(argv: list[str] | None = None) -> None:
             "cdi_spec": str(settings.cdi_spec_path),
         },
     )
-    asyncio.run(serve(settings))
+    try:
+        asyncio.run(serve(settings))
+    except Exception:
+        # E.g. the CDI dir turned read-only after the start-up check: say so as a JSON line.
+        log.exception("device plugin failed")
+        sys.exit(1)
 
 
 if __name__ == "__main__":

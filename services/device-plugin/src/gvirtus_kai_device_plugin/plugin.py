@@ -67,14 +67,27 @@ class DevicePlugin:
         self.running = True
         try:
             self.write_cdi_spec()
-            while not stop.is_set():
-                await self._serve_and_register_once(stop)
+            cycles = asyncio.create_task(self._cycles(stop))
+            stopping = asyncio.create_task(stop.wait())
+            await asyncio.wait({cycles, stopping}, return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
+            if not cycles.done():
+                # Polls and sleeps notice the stop at once; an RPC in flight to a kubelet that
+                # does not answer could take RPC_TIMEOUT_SECONDS, far beyond the pod's patience.
+                await asyncio.wait({cycles}, timeout=STOP_GRACE_SECONDS)
+                cycles.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await cycles
         finally:
             self.running = False
             self.metrics.registered.set(0)
             await self._stop_server()
             files.remove_quietly(self.settings.cdi_spec_path)
             log.info("stopped; socket and CDI spec removed")
+
+    async def _cycles(self, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await self._serve_and_register_once(stop)
 
     def write_cdi_spec(self) -> None:
         spec = devices.cdi_spec(self.settings.cdi_kind, self.state.ids)
@@ -116,12 +129,14 @@ class DevicePlugin:
             await stub.GetDevicePluginOptions(api_pb2.Empty(), timeout=RPC_TIMEOUT_SECONDS)
 
     async def _stop_server(self) -> None:
-        service, server = self._service, self._server
-        self._service, self._server = None, None
-        if service is not None:
-            await service.close()
-        if server is not None:
-            await server.stop(STOP_GRACE_SECONDS)
+        # The fields are cleared only once stopped: if this is cancelled half-way, the final
+        # clean-up in run() stops the same server again (stopping twice is harmless).
+        if self._service is not None:
+            await self._service.close()
+            self._service = None
+        if self._server is not None:
+            await self._server.stop(STOP_GRACE_SECONDS)
+            self._server = None
         files.remove_quietly(self.settings.socket_path)
 
     def _register_request(self) -> api_pb2.RegisterRequest:
