@@ -5,6 +5,8 @@ from __future__ import annotations
 import pytest
 from gvirtus_kai_device_plugin import devices
 from gvirtus_kai_device_plugin.api import api_pb2
+from hypothesis import given
+from hypothesis import strategies as st
 
 KNOWN = frozenset(devices.device_ids(12))
 
@@ -96,3 +98,31 @@ def test_cdi_spec_gives_each_device_its_own_env_variable() -> None:
             "containerEdits": {"env": ["GVIRTUS_VGPU_SLOT_1=gvirtus-vgpu-1"]},
         },
     ]
+
+
+@given(
+    available=st.sets(st.integers(0, 11), min_size=1),
+    size=st.integers(1, 12),
+)
+def test_preferred_ids_are_always_the_lowest_available_up_to_size(
+    available: set[int], size: int
+) -> None:
+    ids = [f"gvirtus-vgpu-{i}" for i in available]
+    expected = [f"gvirtus-vgpu-{i}" for i in sorted(available)[:size]]
+    assert devices.preferred_ids(ids, [], size, KNOWN) == expected
+
+
+@given(
+    available=st.sets(st.integers(0, 11), min_size=1),
+    data=st.data(),
+)
+def test_preferred_ids_always_hold_every_must_include_id(
+    available: set[int], data: st.DataObject
+) -> None:
+    must = data.draw(st.sets(st.sampled_from(sorted(available))))
+    size = data.draw(st.integers(len(must), 12))
+    chosen = devices.preferred_ids(
+        [f"gvirtus-vgpu-{i}" for i in available], [f"gvirtus-vgpu-{i}" for i in must], size, KNOWN
+    )
+    assert {f"gvirtus-vgpu-{i}" for i in must} <= set(chosen)
+    assert len(chosen) == min(size, len(available))
