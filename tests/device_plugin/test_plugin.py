@@ -174,6 +174,19 @@ async def test_serves_the_restarted_kubelet_a_device_list(
         await restarted.stop()
 
 
+async def test_logs_why_it_registers_again(
+    registered_plugin: RunningPlugin,
+    kubelet: KubeletEmulator,
+    settings: Settings,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    with caplog.at_level(logging.INFO, logger="gvirtus_kai_device_plugin"):
+        settings.socket_path.unlink()
+        await kubelet.wait_for_registrations(2)
+    reasons = [getattr(r, "reason", None) for r in caplog.records]
+    assert "our socket was removed" in reasons
+
+
 async def test_recovers_when_its_own_socket_is_deleted(
     registered_plugin: RunningPlugin, kubelet: KubeletEmulator, settings: Settings
 ) -> None:

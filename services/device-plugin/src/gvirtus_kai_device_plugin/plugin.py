@@ -107,7 +107,8 @@ class DevicePlugin:
         registered_with = await self._register_until_accepted(stop)
         if registered_with is not None:
             reason = await self._watch(stop, registered_with)
-            log.info("restarting", extra={"reason": reason})
+            if reason is not None:
+                log.info("serving and registering again", extra={"reason": reason})
         self.metrics.registered.set(0)
         await self._stop_server()
 
@@ -201,8 +202,8 @@ class DevicePlugin:
                 return
             await _sleep_unless(stop, min(POLL_SECONDS, max(0.0, deadline - loop.time())))
 
-    async def _watch(self, stop: asyncio.Event, registered_with: FileIdentity | None) -> str:
-        """Wait until something forces a new registration; returns why."""
+    async def _watch(self, stop: asyncio.Event, registered_with: FileIdentity | None) -> str | None:
+        """Wait until something forces a new registration; returns why (None: stopping)."""
         while not stop.is_set():
             await _sleep_unless(stop, POLL_SECONDS)
             if stop.is_set():
@@ -212,7 +213,7 @@ class DevicePlugin:
             current = identity(self.settings.kubelet_socket)
             if current is not None and current != registered_with:
                 return "kubelet.sock was re-created (kubelet restart)"
-        return "stopping"
+        return None
 
 
 def _channel(socket_path: Path) -> Any:
