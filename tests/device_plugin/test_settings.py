@@ -14,6 +14,14 @@ from pydantic import ValidationError
 PLUGIN = [sys.executable, "-m", "gvirtus_kai_device_plugin.main"]
 
 
+@pytest.fixture(autouse=True)
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Settings read the process environment: start every test from none of ours."""
+    for key in list(os.environ):
+        if key.startswith("GVIRTUS_KAI_"):
+            monkeypatch.delenv(key)
+
+
 def settings_error(**env: str) -> str:
     with pytest.MonkeyPatch.context() as patch:
         for key, value in env.items():
