@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NotRequired, TypedDict
 
 import orjson
+from gvirtus_kai_common.logs import log_fields
 from pydantic import ValidationError
 
 from .dns import BackendResolutionError, BackendResolver
@@ -155,7 +156,7 @@ class AdmissionReviewer:
         self._admissions[outcome].inc()
         self._metrics.admission_duration.observe(elapsed)
         if log.isEnabledFor(logging.INFO):
-            fields = {
+            fields: dict[str, Any] = {
                 "uid": _clip(uid),
                 "namespace": _clip(request.get("namespace")),
                 "pod": _pod_name(request),
@@ -164,7 +165,7 @@ class AdmissionReviewer:
             }
             if "status" in response:
                 fields["reason"] = response["status"]["message"]
-            log.info("admission", extra=fields)
+            log_fields(log, "admission", fields)
         return HttpReply(200, payload)
 
     async def _decide(self, request: dict[str, Any], uid: str) -> tuple[Outcome, _ResponseBody]:
