@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 import sys
 from collections.abc import Iterator
@@ -29,6 +30,7 @@ ENV_PREFIX = "GVIRTUS_KAI_"
 # (at most 30 s) is far longer than any review takes.
 GRACEFUL_SHUTDOWN_SECONDS = 10
 TLS_POLL_SECONDS = 1.0
+GC_GEN0_THRESHOLD = 10_000  # allocations between young-generation collections (default 700)
 
 
 class _Server(uvicorn.Server):
@@ -68,6 +70,18 @@ def uvicorn_config(app: WebhookApp, settings: Settings, tls: ReloadingServerTLS)
     )
 
 
+def _tune_garbage_collector() -> None:
+    """Keep the cyclic garbage collector off the request path.
+
+    Everything imported and built so far lives as long as the process: frozen, the collector
+    never walks it again. Requests allocate many short-lived dicts but hardly any cycles, so a
+    larger first-generation threshold makes collections rarer without letting memory grow.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+
 async def serve(settings: Settings) -> None:
     """Run until SIGTERM/SIGINT, then stop accepting, finish in-flight reviews and return."""
     metrics = WebhookMetrics()
@@ -81,6 +95,7 @@ async def serve(settings: Settings) -> None:
 
     app = WebhookApp(reviewer, metrics.registry, is_ready)
     server = _Server(uvicorn_config(app, settings, tls))
+    _tune_garbage_collector()
     stop = stop_event_on_signals()
     watcher = asyncio.create_task(tls.watch(TLS_POLL_SECONDS))
     serving = asyncio.create_task(server.serve())
