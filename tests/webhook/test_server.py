@@ -229,3 +229,24 @@ def test_log_lines_carry_no_terminal_colour_codes(running: RunningWebhook) -> No
     assert any(line["logger"] == "uvicorn.error" for line in lines)
     assert all("color_message" not in line for line in lines)
     assert "\x1b[" not in running.log_file.read_text()
+
+
+def test_port_in_use_exits_non_zero_naming_the_address(secret_volume: SecretVolume) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
+        env |= {
+            "GVIRTUS_KAI_LISTEN_HOST": "127.0.0.1",
+            "GVIRTUS_KAI_LISTEN_PORT": str(port),
+            "GVIRTUS_KAI_TLS_CERT_FILE": str(secret_volume.cert_file),
+            "GVIRTUS_KAI_TLS_KEY_FILE": str(secret_volume.key_file),
+        }
+        done = subprocess.run(
+            webhook_command(), env=env, capture_output=True, text=True, timeout=60
+        )
+    assert done.returncode != 0
+    assert f"('127.0.0.1', {port})" in done.stderr
+    assert "address already in use" in done.stderr
+    assert "Traceback" not in done.stderr
