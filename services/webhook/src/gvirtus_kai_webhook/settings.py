@@ -7,13 +7,13 @@ import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
+from gvirtus_kai_common.labels import label_key_problem, label_value_problem
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Strategy = Literal["mount", "sed"]
 STRATEGIES: tuple[Strategy, ...] = ("mount", "sed")
 
-_LABEL_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 _DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
@@ -106,10 +106,11 @@ class Settings(BaseSettings):
     @classmethod
     def _check_label(cls, value: str) -> str:
         key, sep, label_value = value.partition("=")
-        name = key.rsplit("/", 1)[-1]
-        bad_value = label_value and not _LABEL_NAME.match(label_value)
-        if not sep or not _LABEL_NAME.match(name) or bad_value:
+        if not sep:
             raise ValueError(f"{value!r} is not a label in the form key=value")
+        problem = label_key_problem(key) or label_value_problem(label_value)
+        if problem:
+            raise ValueError(f"{value!r}: {problem}")
         return value
 
     @property
