@@ -37,6 +37,7 @@ def test_defaults_are_the_ones_design_md_documents() -> None:
     )
     assert settings.frontend_label == "gvirtus.io/frontend.allowed=true"
     assert settings.gpu_resource == "nvidia.com/gpu"
+    assert settings.enable_label == "gvirtus.io/enabled"
     assert settings.log_level == "info"
 
 
@@ -119,3 +120,9 @@ def test_invalid_values_are_rejected_naming_the_field(
 def test_home_loses_its_trailing_slash(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GVIRTUS_KAI_DEFAULT_GVIRTUS_HOME", "/opt/gvirtus/")
     assert Settings().default_gvirtus_home == "/opt/gvirtus"
+
+
+def test_an_invalid_enable_label_key_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("GVIRTUS_KAI_ENABLE_LABEL", "gvirtus.io/")
+    with pytest.raises(ValidationError, match="enable_label"):
+        Settings()

@@ -64,6 +64,8 @@ class Settings(BaseSettings):
         "cusparse",
     )
     frontend_label: str = "gvirtus.io/frontend.allowed=true"
+    # Pod label key whose value "true" asks for GVirtuS (the chart's objectSelector uses the same).
+    enable_label: str = "gvirtus.io/enabled"
     gpu_resource: str = "nvidia.com/gpu"
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -109,6 +111,14 @@ class Settings(BaseSettings):
         if not sep:
             raise ValueError(f"{value!r} is not a label in the form key=value")
         problem = label_key_problem(key) or label_value_problem(label_value)
+        if problem:
+            raise ValueError(f"{value!r}: {problem}")
+        return value
+
+    @field_validator("enable_label")
+    @classmethod
+    def _check_enable_label(cls, value: str) -> str:
+        problem = label_key_problem(value)
         if problem:
             raise ValueError(f"{value!r}: {problem}")
         return value
