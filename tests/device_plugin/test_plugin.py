@@ -288,9 +288,9 @@ async def test_metrics_count_registrations_and_allocations(
     await kubelet.allocate(["gvirtus-vgpu-0"], ["gvirtus-vgpu-1"])
     metrics = registered_plugin.plugin.metrics
     assert (
-        metrics.registered._value.get(),
-        metrics.registrations._value.get(),
-        metrics.allocations._value.get(),
+        metrics.registered.value,
+        metrics.registrations.value,
+        metrics.allocations.value,
     ) == (1, 1, 2)
 
 

@@ -10,7 +10,7 @@ import asyncio
 import logging
 from collections.abc import Callable
 
-from prometheus_client import CONTENT_TYPE_LATEST, REGISTRY, CollectorRegistry, generate_latest
+from gvirtus_kai_common.metrics import CONTENT_TYPE, Registry
 
 log = logging.getLogger(__name__)
 
@@ -25,12 +25,12 @@ class HealthServer:
         host: str,
         port: int,
         is_healthy: HealthCheck = lambda: True,
-        registry: CollectorRegistry = REGISTRY,
+        registry: Registry | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._is_healthy = is_healthy
-        self._registry = registry
+        self._registry = registry if registry is not None else Registry()
         self._server: asyncio.Server | None = None
 
     @property
@@ -78,5 +78,5 @@ class HealthServer:
                 return "200 OK", "text/plain", b"ok\n"
             return "503 Service Unavailable", "text/plain", b"unhealthy\n"
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
+            return "200 OK", CONTENT_TYPE, self._registry.exposition()
         return "404 Not Found", "text/plain", b"not found\n"

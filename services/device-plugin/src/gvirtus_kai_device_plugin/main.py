@@ -9,8 +9,8 @@ import sys
 
 from gvirtus_kai_common.health import HealthServer
 from gvirtus_kai_common.logs import setup_logging
+from gvirtus_kai_common.metrics import Registry
 from gvirtus_kai_common.shutdown import stop_event_on_signals
-from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from gvirtus_kai_device_plugin import files
@@ -38,7 +38,7 @@ def check_directories(settings: Settings) -> list[str]:
 
 async def serve(settings: Settings) -> None:
     stop = stop_event_on_signals()
-    registry = CollectorRegistry()
+    registry = Registry()
     plugin = DevicePlugin(settings, registry)
     # Outside the restart loop: a kubelet restart must not take the probe endpoint down.
     health = HealthServer(

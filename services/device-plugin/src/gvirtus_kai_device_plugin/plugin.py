@@ -17,7 +17,7 @@ from typing import Any, NamedTuple
 
 import grpc
 from gvirtus_kai_common.backoff import Backoff
-from prometheus_client import CollectorRegistry
+from gvirtus_kai_common.metrics import Registry
 
 from gvirtus_kai_device_plugin import devices, files
 from gvirtus_kai_device_plugin.api import API_VERSION, api_pb2, api_pb2_grpc
@@ -52,10 +52,10 @@ def identity(path: Path) -> FileIdentity | None:
 
 
 class DevicePlugin:
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
         self.settings = settings
         self.state = DeviceState(devices.device_ids(settings.device_count))
-        self.metrics = Metrics(registry or CollectorRegistry())
+        self.metrics = Metrics(registry if registry is not None else Registry())
         self.metrics.devices.set(settings.device_count)
         self.running = False
         self._server: Any = None  # grpc.aio.Server (grpc ships no type hints)

@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from prometheus_client import CollectorRegistry, Counter, Gauge
+from gvirtus_kai_common.metrics import Counter, Gauge, Registry
 
 from gvirtus_kai_device_plugin import devices
 from gvirtus_kai_device_plugin.api import HEALTHY, UNHEALTHY, api_pb2
@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.registered = Gauge(
             "gvirtus_device_plugin_registered",
             "1 while the kubelet has accepted our registration, else 0",

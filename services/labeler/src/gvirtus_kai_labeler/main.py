@@ -11,9 +11,9 @@ from collections.abc import Sequence
 
 from gvirtus_kai_common.health import HealthServer
 from gvirtus_kai_common.logs import setup_logging
+from gvirtus_kai_common.metrics import Registry
 from gvirtus_kai_common.shutdown import stop_event_on_signals
 from lightkube import AsyncClient, ConfigError, KubeConfig
-from prometheus_client import CollectorRegistry
 from pydantic import ValidationError
 
 from gvirtus_kai_labeler.controller import ApiFailure, Labeler, NodeNotFound
@@ -65,7 +65,7 @@ async def _run(settings: Settings, once: bool, all_nodes: bool) -> int:
         )
         return EXIT_BAD_SETTINGS
     client = AsyncClient(config, field_manager="gvirtus-labeler")
-    registry = CollectorRegistry()
+    registry = Registry()
     labeler = Labeler(
         client,
         settings.labels,

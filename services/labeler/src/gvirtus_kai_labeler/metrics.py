@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter
+from gvirtus_kai_common.metrics import Counter, Registry
 
 
 class Metrics:
-    def __init__(self, registry: CollectorRegistry) -> None:
+    def __init__(self, registry: Registry) -> None:
         self.labels_added = Counter(
             "gvirtus_labeler_labels_added",
             "Labels the labeler added to nodes that lacked them.",
