@@ -71,7 +71,13 @@ def annotated(name: str, **annotations: str) -> dict[str, Any]:
     ],
 )
 def test_is_enabled_only_for_label_value_true(metadata: dict[str, Any], enabled: bool) -> None:
-    assert is_enabled({"metadata": metadata}) is enabled
+    assert is_enabled({"metadata": metadata}, Settings()) is enabled
+
+
+def test_is_enabled_follows_the_configured_enable_label() -> None:
+    settings = Settings(enable_label="example.com/gvirtus")
+    assert is_enabled({"metadata": {"labels": {"example.com/gvirtus": "true"}}}, settings)
+    assert not is_enabled({"metadata": {"labels": {"gvirtus.io/enabled": "true"}}}, settings)
 
 
 def test_frontend_config_is_one_tcp_communicator_with_string_port_and_plugins() -> None:

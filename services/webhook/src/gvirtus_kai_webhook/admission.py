@@ -197,7 +197,7 @@ class AdmissionReviewer:
         if pod is None:
             message = "malformed AdmissionReview: request.object is missing"
             raise _Denial(400, message, Outcome.ERROR)
-        if not is_enabled(pod):
+        if not is_enabled(pod, self._settings):
             return Outcome.ALLOWED, _allowed(request.uid)
         try:
             address = await self._resolver.resolve()

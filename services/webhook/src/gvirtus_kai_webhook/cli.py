@@ -24,7 +24,7 @@ import yaml
 from gvirtus_kai_common.logs import setup_logging
 from pydantic import ValidationError
 
-from .mutation import ENABLE_LABEL, MutationDenied, is_enabled, mutate_pod
+from .mutation import MutationDenied, is_enabled, mutate_pod
 from .patching import apply_patch
 from .settings import STRATEGIES, Settings
 from .workloads import PodSite, pod_sites
@@ -111,10 +111,10 @@ def _label(index: int, site: PodSite) -> str:
     return f"document {index + 1} ({site.location})"
 
 
-def _unquoted_enable_label(pod: dict[str, Any]) -> bool:
+def _unquoted_enable_label(pod: dict[str, Any], label: str) -> bool:
     metadata = pod.get("metadata")
     labels = metadata.get("labels") if isinstance(metadata, dict) else None
-    return isinstance(labels, dict) and labels.get(ENABLE_LABEL) is True
+    return isinstance(labels, dict) and labels.get(label) is True
 
 
 def _read(filename: str, stdin: TextIO) -> str:
@@ -127,12 +127,13 @@ def inject(documents: list[Any], settings: Settings, backend_address: str | None
     sites = []
     for index, document in enumerate(documents):
         for site in pod_sites(document):
-            if is_enabled(site.pod):
+            if is_enabled(site.pod, settings):
                 sites.append((index, site))
-            elif _unquoted_enable_label(site.pod):
+            elif _unquoted_enable_label(site.pod, settings.enable_label):
+                label = settings.enable_label
                 report.errors.append(
-                    f"{_label(index, site)}: label {ENABLE_LABEL} is the YAML boolean true; "
-                    f'label values are strings, so quote it: {ENABLE_LABEL}: "true"'
+                    f"{_label(index, site)}: label {label} is the YAML boolean true; "
+                    f'label values are strings, so quote it: {label}: "true"'
                 )
     if report.errors:
         return report

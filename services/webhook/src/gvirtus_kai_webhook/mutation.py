@@ -1,7 +1,7 @@
 """The pod mutation: pure functions shared by the webhook and the ``gvirtus-kai inject`` CLI.
 
 CONTRACT (owned by the mutation work; the server codes against it):
-- ``is_enabled(pod)``: the pod carries ``gvirtus.io/enabled: "true"``.
+- ``is_enabled(pod, settings)``: the pod carries ``<settings.enable_label>: "true"``.
 - ``frontend_config(settings, backend_address)``: the GVirtuS properties.json document (dict).
 - ``mutate_pod(pod, settings, backend_address)``: the JSON Patch and warnings for one pod dict,
   raising ``MutationDenied`` with a user-facing message when the pod cannot be mutated.
@@ -32,7 +32,6 @@ from .models import (
 )
 from .settings import STRATEGIES, Settings
 
-ENABLE_LABEL = "gvirtus.io/enabled"
 STRATEGY_ANNOTATION = "gvirtus.io/strategy"
 HOME_ANNOTATION = "gvirtus.io/home"
 CONTAINERS_ANNOTATION = "gvirtus.io/containers"
@@ -63,9 +62,9 @@ class Mutation:
     warnings: list[str] = field(default_factory=list)
 
 
-def is_enabled(pod: Mapping[str, Any]) -> bool:
+def is_enabled(pod: Mapping[str, Any], settings: Settings) -> bool:
     labels = _mapping(_mapping(pod.get("metadata")).get("labels"))
-    return labels.get(ENABLE_LABEL) == "true"
+    return labels.get(settings.enable_label) == "true"
 
 
 def frontend_config(settings: Settings, backend_address: str) -> dict[str, Any]:
