@@ -40,9 +40,10 @@ DESIGN_SETTINGS = {
     },
 }
 # What the chart sets: every design setting except the listen address, which keeps its default,
-# plus LOG_LEVEL, which every service's Settings class reads.
+# plus LOG_LEVEL, which every service's Settings class reads, and the webhook's ENABLE_LABEL, the
+# pod label key of the chart's objectSelector (the webhook must check the label it is sent for).
 CHART_SETS = {
-    "webhook": DESIGN_SETTINGS["webhook"] - {"LISTEN_HOST"},
+    "webhook": DESIGN_SETTINGS["webhook"] - {"LISTEN_HOST"} | {"ENABLE_LABEL"},
     "labeler": DESIGN_SETTINGS["labeler"] | {"LOG_LEVEL"},
     "device-plugin": DESIGN_SETTINGS["device-plugin"] | {"LOG_LEVEL"},
 }
@@ -127,6 +128,7 @@ def test_webhook_defaults_match_the_design_table() -> None:
         "GVIRTUS_KAI_PLUGINS": "cudart,cublas,curand,cudnn,cufft,cusolver,cusparse",
         "GVIRTUS_KAI_FRONTEND_LABEL": "gvirtus.io/frontend.allowed=true",
         "GVIRTUS_KAI_GPU_RESOURCE": "nvidia.com/gpu",
+        "GVIRTUS_KAI_ENABLE_LABEL": "gvirtus.io/enabled",
         "GVIRTUS_KAI_LOG_LEVEL": "info",
     }
 
@@ -188,6 +190,13 @@ def test_labeler_settings_parse_the_rendered_label_defaults(
         "example.com/gvirtus-frontend": "false",
         "example.com/gvirtus-backend": "false",
     }
+
+
+def test_webhook_settings_read_the_rendered_enable_label(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    _load_rendered_env("webhook", monkeypatch)
+    assert WebhookSettings().enable_label == "example.com/gvirtus"
 
 
 def test_device_plugin_settings_read_the_rendered_resource_name(
