@@ -11,7 +11,7 @@ import pytest
 from gvirtus_kai_device_plugin.settings import Settings, describe_errors
 from pydantic import ValidationError
 
-PLUGIN = [sys.executable, "-m", "gvirtus_kai_device_plugin.main"]
+PLUGIN = [sys.executable, "-m", "gvirtus_kai_device_plugin"]
 
 
 @pytest.fixture(autouse=True)
