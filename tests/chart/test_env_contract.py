@@ -39,11 +39,11 @@ DESIGN_SETTINGS = {
         "HEALTH_PORT",
     },
 }
-# What the chart sets: every design setting except the listen address, which keeps its default,
-# plus LOG_LEVEL, which every service's Settings class reads, and the webhook's ENABLE_LABEL, the
-# pod label key of the chart's objectSelector (the webhook must check the label it is sent for).
+# What the chart sets: every design setting, plus LOG_LEVEL, which every service's Settings class
+# reads, and the webhook's ENABLE_LABEL, the pod label key of the chart's objectSelector (the
+# webhook must check the label it is sent for).
 CHART_SETS = {
-    "webhook": DESIGN_SETTINGS["webhook"] - {"LISTEN_HOST"} | {"ENABLE_LABEL"},
+    "webhook": DESIGN_SETTINGS["webhook"] | {"ENABLE_LABEL"},
     "labeler": DESIGN_SETTINGS["labeler"] | {"LOG_LEVEL"},
     "device-plugin": DESIGN_SETTINGS["device-plugin"] | {"LOG_LEVEL"},
 }
@@ -102,6 +102,7 @@ def test_webhook_env_follows_values() -> None:
                 "webhook.dns.timeoutSeconds": 0.5,
                 "webhook.logLevel": "debug",
                 "webhook.containerPort": 9443,
+                "webhook.listenHost": "::",
             }
         ).one("Deployment", "webhook")
     )
@@ -111,11 +112,13 @@ def test_webhook_env_follows_values() -> None:
     assert env["GVIRTUS_KAI_DNS_TIMEOUT_SECONDS"] == "0.5"
     assert env["GVIRTUS_KAI_LOG_LEVEL"] == "debug"
     assert env["GVIRTUS_KAI_LISTEN_PORT"] == "9443"
+    assert env["GVIRTUS_KAI_LISTEN_HOST"] == "::"
 
 
 def test_webhook_defaults_match_the_design_table() -> None:
     env = env_of(render().one("Deployment", "webhook"))
     assert env == {
+        "GVIRTUS_KAI_LISTEN_HOST": "0.0.0.0",
         "GVIRTUS_KAI_LISTEN_PORT": "8443",
         "GVIRTUS_KAI_TLS_CERT_FILE": "/tls/tls.crt",
         "GVIRTUS_KAI_TLS_KEY_FILE": "/tls/tls.key",

@@ -143,6 +143,7 @@ def test_schema_rejects_an_unknown_top_level_key() -> None:
         ("roleLabels.frontend.key", "not a label"),
         ("devicePlugin.deviceCount", 0),
         ("backend.runAsUser", 0),
+        ("webhook.listenHost", "localhost"),
     ],
 )
 def test_schema_rejects_out_of_range_values(path: str, value: Any) -> None:
