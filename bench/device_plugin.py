@@ -49,6 +49,17 @@ def row(name: str, value: float, unit: str, target: float) -> str:
     return f"  {status}  {name:<40} {value:>9.3f} {unit:<4} target <= {target:g} {unit}"
 
 
+def resident_parts(pid: int) -> dict[str, float]:
+    """RssAnon (private: Python objects, heaps, stacks) and RssFile (mapped code of the
+    interpreter and the native extensions, shared with the page cache), in MiB."""
+    parts = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            parts[key] = int(value.split()[0]) / 1024
+    return parts
+
+
 def remove_plugin_sockets(plugin_dir: Path) -> None:
     """What the kubelet's device manager does when it starts."""
     for leftover in plugin_dir.glob("*.sock"):
@@ -93,6 +104,7 @@ async def bench(restarts: int) -> list[str]:
             delays.append(delay)
         await asyncio.sleep(IDLE_SECONDS)
         memory = psutil.Process(process.pid).memory_full_info()
+        parts = resident_parts(process.pid)
     finally:
         process.terminate()
         await process.wait()
@@ -107,6 +119,8 @@ async def bench(restarts: int) -> list[str]:
         row("re-registration after restart, worst", max(delays), "s", TARGET_REREGISTER_S),
         row("idle RSS", memory.rss / 2**20, "MiB", TARGET_RSS_MIB),
         f"  info  idle USS (not shared with other processes) {memory.uss / 2**20:>6.3f} MiB",
+        f"  info  idle RSS anonymous / file-backed           {parts['RssAnon']:.1f} / "
+        f"{parts['RssFile']:.1f} MiB",
         row("stderr lines that are not JSON", not_json, "", 0),
     ]  # fmt: skip
 

@@ -49,6 +49,16 @@ def environment(kubeconfig: Path, **settings: str) -> dict[str, str]:
     return env
 
 
+def resident_parts(pid: int) -> str:
+    """RssAnon (private: Python objects, heaps) / RssFile (mapped interpreter and native code)."""
+    parts = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        key, _, value = line.partition(":")
+        if key in ("RssAnon", "RssFile"):
+            parts[key] = int(value.split()[0]) / 1024
+    return f"{parts['RssAnon']:.1f} / {parts['RssFile']:.1f} MiB"
+
+
 async def start(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
     return await asyncio.create_subprocess_exec(
         COMMAND, *args, env=env, stderr=asyncio.subprocess.DEVNULL
@@ -78,6 +88,7 @@ async def per_node(api: FakeKubeApi, kubeconfig: Path, deletions: int) -> list[s
             await asyncio.sleep(0.05)  # deletions spaced out, as operators make them
         await asyncio.sleep(IDLE_SECONDS)
         rss_mib = psutil.Process(labeler.pid).memory_info().rss / 2**20
+        parts = resident_parts(labeler.pid)
     finally:
         shutdown = await stop(labeler)
     return [
@@ -89,6 +100,7 @@ async def per_node(api: FakeKubeApi, kubeconfig: Path, deletions: int) -> list[s
         ),
         row(f"restore latency, worst of {deletions}", max(restores), "s", None),
         row("idle RSS of the labeler", rss_mib, "MiB", TARGET_RSS_MIB),
+        f"  info  idle RSS anonymous / file-backed           {parts}",
         row("SIGTERM to exit", shutdown, "s", TARGET_SIGTERM_S),
     ]
 
