@@ -5,6 +5,7 @@ from __future__ import annotations
 import pytest
 
 from tests.chart.conftest import (
+    HelmError,
     container,
     env_of,
     labels_of,
@@ -97,17 +98,45 @@ def test_backend_node_selector_keeps_role_labels_over_user_values() -> None:
     }
 
 
-def test_gpu_resource_reaches_device_plugin_backend_and_webhook() -> None:
+def test_gpu_resource_reaches_device_plugin_webhook_and_helm_test() -> None:
     manifests = render("custom-labels-values.yaml")
-    assert (
-        env_of(manifests.one("DaemonSet", "device-plugin"))["GVIRTUS_KAI_RESOURCE_NAME"]
-        == "example.com/vgpu"
+    plugin_env = env_of(manifests.one("DaemonSet", "device-plugin"))
+    assert plugin_env["GVIRTUS_KAI_RESOURCE_NAME"] == "example.com/vgpu"
+    webhook_env = env_of(manifests.one("Deployment", "webhook"))
+    assert webhook_env["GVIRTUS_KAI_GPU_RESOURCE"] == "example.com/vgpu"
+    assert "example.com/vgpu" in container(manifests.one("Pod", "helm-test"))["command"]
+
+
+def test_backend_requests_the_physical_gpu_not_the_virtual_resource() -> None:
+    # A virtual gpuResource is only advertised on GPU-less frontend nodes: requesting it would
+    # leave backend pods unschedulable on the GPU nodes they are meant for.
+    limits = container(render("custom-labels-values.yaml").one("DaemonSet", "backend"))[
+        "resources"
+    ]["limits"]
+    assert limits["nvidia.com/gpu"] == 1
+    assert "example.com/vgpu" not in limits
+
+
+def test_backend_gpu_resource_follows_its_value() -> None:
+    backend = render(values={"backend.gpu.resource": "amd.com/gpu", "backend.gpu.count": 2}).one(
+        "DaemonSet", "backend"
     )
-    limits = container(manifests.one("DaemonSet", "backend"))["resources"]["limits"]
-    assert limits["example.com/vgpu"] == 1
-    assert env_of(manifests.one("Deployment", "webhook"))["GVIRTUS_KAI_GPU_RESOURCE"] == (
-        "example.com/vgpu"
-    )
+    limits = container(backend)["resources"]["limits"]
+    assert limits["amd.com/gpu"] == 2
+    assert "nvidia.com/gpu" not in limits
+
+
+def test_device_plugin_resource_name_equal_to_gpu_resource_is_accepted() -> None:
+    plugin = render(
+        values={"gpuResource": "example.com/vgpu", "devicePlugin.resourceName": "example.com/vgpu"}
+    ).one("DaemonSet", "device-plugin")
+    assert env_of(plugin)["GVIRTUS_KAI_RESOURCE_NAME"] == "example.com/vgpu"
+
+
+def test_device_plugin_resource_name_other_than_gpu_resource_fails_with_a_reason() -> None:
+    with pytest.raises(HelmError, match="differs from gpuResource") as failure:
+        render(values={"devicePlugin.resourceName": "example.com/vgpu"})
+    assert "application pods request gpuResource" in str(failure.value)
 
 
 def test_labeler_tolerates_every_taint_by_default() -> None:
