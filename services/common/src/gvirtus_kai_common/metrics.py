@@ -3,8 +3,8 @@
 The labeler and the device plugin run on every node with a 50 MiB memory budget. They need a few
 counters and gauges and one text page, which is what this module provides. prometheus_client
 cannot be imported in part: its package import also loads its HTTP, WSGI, ASGI and push-gateway
-code (http.server, urllib.request, wsgiref, email, gzip), about 4 MiB of resident memory in the
-device plugin. The webhook, a single Deployment, keeps using prometheus_client.
+code (http.server, urllib.request, wsgiref, email, gzip): 2.5 MiB of idle RSS in the device plugin
+and 1.4 MiB in the labeler. The webhook, a single Deployment, keeps using prometheus_client.
 
 The API mirrors prometheus_client's (``Counter(name, documentation, labelnames,
 registry=...)``, ``.labels(...)``, ``.inc()``, ``.set()``, ``get_sample_value``), and the page

@@ -3,7 +3,7 @@
 The plugin speaks gRPC over unix sockets and plain HTTP for ``/healthz`` and ``/metrics``: it never
 uses OpenSSL (grpc carries its own TLS library, unused here). Yet ``asyncio`` imports ``ssl`` and
 ``secrets``/``hmac`` import ``_hashlib`` just to offer them, and each loads OpenSSL's libcrypto:
-about 4.7 MiB of the process's 50 MiB memory budget. Marking the three modules as unavailable before
+about 4.6 MiB of the process's 50 MiB memory budget. Marking the three modules as unavailable before
 anything imports them makes the standard library take its paths for Python builds without OpenSSL
 (asyncio without TLS support, hashlib's built-in hash functions). An import of ``ssl`` added later
 fails at start-up, which the process tests catch.
