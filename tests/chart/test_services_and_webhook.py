@@ -198,3 +198,32 @@ def test_ha_webhook_gets_a_disruption_budget_and_topology_spread() -> None:
 def test_webhook_rollout_never_drops_below_the_replica_count() -> None:
     strategy = render().one("Deployment", "webhook")["spec"]["strategy"]
     assert strategy["rollingUpdate"]["maxUnavailable"] == 0
+
+
+def test_dns_timeout_not_below_the_webhook_timeout_fails_with_a_reason() -> None:
+    with pytest.raises(HelmError, match=r"webhook.dns.timeoutSeconds \(10\) must be less than"):
+        render(values={"webhook.dns.timeoutSeconds": 10, "webhook.timeoutSeconds": 10})
+
+
+def test_dns_timeout_below_the_webhook_timeout_renders() -> None:
+    webhook = render(values={"webhook.dns.timeoutSeconds": 9.5, "webhook.timeoutSeconds": 10})
+    env = {e["name"]: e["value"] for e in container(webhook.one("Deployment", "webhook"))["env"]}
+    assert env["GVIRTUS_KAI_DNS_TIMEOUT_SECONDS"] == "9.5"
+
+
+@pytest.mark.parametrize("min_available", [3, 4, "100%", "67%"])
+def test_disruption_budget_keeping_every_replica_fails_with_a_reason(
+    min_available: int | str,
+) -> None:
+    # 67% of 3 replicas rounds up to 3, as Kubernetes computes it.
+    values = {"webhook.replicaCount": 3, "webhook.podDisruptionBudget.minAvailable": min_available}
+    with pytest.raises(HelmError, match="drains would block") as failure:
+        render(values=values)
+    assert f"minAvailable ({min_available})" in str(failure.value)
+
+
+@pytest.mark.parametrize("min_available", [2, "66%", "50%"])
+def test_disruption_budget_below_the_replica_count_renders(min_available: int | str) -> None:
+    values = {"webhook.replicaCount": 3, "webhook.podDisruptionBudget.minAvailable": min_available}
+    budget = render(values=values).one("PodDisruptionBudget", "webhook")
+    assert budget["spec"]["minAvailable"] == min_available
