@@ -61,9 +61,11 @@ class HealthServer:
                 f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
                 f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
             )
-            writer.write(head.encode() + body)
+            # HEAD gets the headers GET would, without the body.
+            writer.write(head.encode() + (b"" if request_line.startswith(b"HEAD ") else body))
             await writer.drain()
-        except (TimeoutError, ConnectionError):
+        except (TimeoutError, ConnectionError, ValueError):
+            # ValueError: a request or header line over the stream limit; nothing to answer.
             pass
         finally:
             writer.close()
