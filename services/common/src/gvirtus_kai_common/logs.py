@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
-from datetime import UTC, datetime
+import time
 from typing import Any
 
 # Attributes every LogRecord has; anything else on a record came from ``extra=`` and is logged.
@@ -13,10 +13,26 @@ _BLANK_RECORD = logging.LogRecord("", 0, "", 0, "", None, None)
 _STANDARD_ATTRS = frozenset(vars(_BLANK_RECORD).keys() | {"message", "asctime", "taskName"})
 
 
+# (second, "YYYY-MM-DDTHH:MM:SS") of the last line: formatting a date is the costly part of a
+# timestamp, and lines come many to a second.
+_formatted_second: tuple[int, str] = (-1, "")
+
+
+def utc_timestamp(seconds: float) -> str:
+    """Seconds since the epoch as ISO 8601 UTC in milliseconds: 2024-05-01T12:00:00.250+00:00."""
+    global _formatted_second
+    whole = int(seconds // 1)  # floor, also before 1970
+    cached = _formatted_second
+    if cached[0] != whole:
+        cached = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
+        _formatted_second = cached
+    return f"{cached[1]}.{int((seconds - whole) * 1000):03d}+00:00"
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
+            "time": utc_timestamp(record.created),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),
@@ -70,8 +86,13 @@ def log_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None
     if handler is None:
         logger.info(msg, extra=fields, stacklevel=2)
         return
-    now = datetime.now(UTC).isoformat(timespec="milliseconds")
-    entry = {"time": now, "level": "info", "logger": logger.name, "msg": msg, **fields}
+    entry = {
+        "time": utc_timestamp(time.time()),
+        "level": "info",
+        "logger": logger.name,
+        "msg": msg,
+        **fields,
+    }
     line = _ENCODER.encode(entry) + "\n"
     lock = handler.lock
     assert lock is not None  # every Handler.__init__ creates it
