@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import functools
 import json
+import os
 import subprocess
 from collections.abc import Iterator, Mapping
 from pathlib import Path
@@ -29,11 +30,11 @@ class HelmError(Exception):
     """helm exited non-zero; the message is its stderr."""
 
 
-def run_helm(*args: str) -> str:
+def run_helm(*args: str, env: Mapping[str, str] | None = None) -> str:
     if not HELM.exists():
         pytest.fail(f"{HELM} is missing: run `make tools`")
     proc = subprocess.run(
-        [str(HELM), *args], capture_output=True, text=True, timeout=120, check=False
+        [str(HELM), *args], capture_output=True, text=True, timeout=120, check=False, env=env
     )
     if proc.returncode != 0:
         raise HelmError(proc.stderr.strip())
@@ -109,6 +110,22 @@ def render(
     )
     docs = [d for d in yaml.safe_load_all(text) if d]
     return Manifests(copy.deepcopy(docs))
+
+
+@functools.cache
+def _notes_text(values_json: str) -> str:
+    args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    # A client-side dry run never contacts a cluster; no kube config makes sure of it.
+    env = {**os.environ, "KUBECONFIG": os.devnull}
+    output = run_helm(*args, *_set_args(json.loads(values_json)), env=env)
+    _, marker, notes = output.partition("\nNOTES:\n")
+    assert marker, "helm printed no NOTES"
+    return notes
+
+
+def render_notes(values: Mapping[str, Any] | None = None) -> str:
+    """The chart's NOTES.txt as `helm install` prints it."""
+    return _notes_text(json.dumps(values or {}, sort_keys=True))
 
 
 def labels_of(manifest: Manifest) -> dict[str, str]:

@@ -11,7 +11,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.chart.conftest import NAMESPACE, HelmError, Manifests, container, pod_spec, render
+from tests.chart.conftest import (
+    NAMESPACE,
+    HelmError,
+    Manifests,
+    container,
+    pod_spec,
+    render,
+    render_notes,
+)
 
 SERVICE_NAMES = [
     "gvirtus-webhook",
@@ -212,3 +220,40 @@ def test_secret_mode_uses_the_given_secret_and_ca_bundle() -> None:
     assert volumes[0]["secret"]["secretName"] == "my-tls"
     test_args = container(manifests.one("Pod", "helm-test"))["command"]
     assert test_args[-2:] == ["--ca-b64", bundle]
+
+
+EXTERNAL_ISSUER = {
+    "webhook.tls.mode": "cert-manager",
+    "webhook.tls.certManager.issuerRef": {
+        "name": "corp-vault",
+        "kind": "ClusterIssuer",
+        "group": "cert-manager.io",
+    },
+}
+
+
+def test_notes_tell_an_external_issuer_user_the_secret_needs_ca_crt() -> None:
+    notes = render_notes(EXTERNAL_ISSUER)
+    assert 'your ClusterIssuer "corp-vault"' in notes
+    assert "read ca.crt from Secret gvirtus-kai-webhook-tls" in notes
+    check = f"kubectl -n {NAMESPACE} get secret gvirtus-kai-webhook-tls"
+    assert check + " -o jsonpath='{.data.ca\\.crt}'" in notes
+
+
+def test_notes_say_what_a_missing_ca_crt_does_under_the_failure_policy() -> None:
+    assert "labelled pods are rejected" in render_notes(EXTERNAL_ISSUER)
+    ignoring = render_notes({**EXTERNAL_ISSUER, "webhook.failurePolicy": "Ignore"})
+    assert "labelled pods are created without GVirtuS" in ignoring
+
+
+@pytest.mark.parametrize(
+    "values",
+    [
+        pytest.param({}, id="auto"),
+        pytest.param({"webhook.tls.mode": "cert-manager"}, id="cert-manager-own-ca"),
+    ],
+)
+def test_notes_skip_the_ca_crt_advice_when_the_chart_owns_the_ca(values: dict[str, str]) -> None:
+    notes = render_notes(values)
+    assert "helm test gvirtus-kai" in notes
+    assert "ca.crt" not in notes
