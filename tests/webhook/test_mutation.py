@@ -448,3 +448,25 @@ def test_mutation_does_not_modify_its_input() -> None:
 def test_ipv6_backend_goes_into_the_config_in_canonical_form() -> None:
     annotation = mutated(pod(), ip="fd00:0:0::2a")["metadata"]["annotations"][PROPERTIES_ANNOTATION]
     assert json.loads(annotation)["communicator"][0]["endpoint"]["server_address"] == "fd00::2a"
+
+
+def test_no_two_operations_of_a_patch_share_a_value_object() -> None:
+    # Shared objects would come out of the injector as YAML anchors and aliases.
+    obj = annotated(
+        "pod-multi-container-v1.json", **{"gvirtus.io/containers": "fetch-model,metrics,embedder"}
+    )
+    patch = mutate_pod(obj, SETTINGS, BACKEND_IP).patch
+    values = [getattr(op, "value", None) for op in patch]
+    objects = [value for value in values if isinstance(value, dict | list)]
+    assert len(objects) >= 3
+    assert len({id(value) for value in objects}) == len(objects)
+
+
+def test_repeated_reviews_give_equal_patches() -> None:
+    first = ops(pod("pod-multi-container-v1.json"))
+    mutate_pod(
+        annotated("pod-multi-container-v1.json", **{"gvirtus.io/home": "/opt/g"}),
+        SETTINGS,
+        BACKEND_IP,
+    )
+    assert ops(pod("pod-multi-container-v1.json")) == first

@@ -21,7 +21,7 @@ import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, TypeGuard
+from typing import Any, Literal, NamedTuple, TypeGuard
 
 from .models import (
     AddOperation,
@@ -58,6 +58,8 @@ class MutationDenied(Exception):
 
 @dataclass(frozen=True)
 class Mutation:
+    """A pod's JSON Patch and warnings. Read-only: operations are shared between results."""
+
     patch: list[JsonPatchOperation] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
 
@@ -149,10 +151,9 @@ def is_sed_wrapped(command: object) -> TypeGuard[list[Any]]:
     )
 
 
-@dataclass(frozen=True)
-class _Target:
+class _Target(NamedTuple):  # a tuple: built for every target of every review, cheap to make
     list_name: str  # "containers" or "initContainers"
-    index: int
+    position: int  # in its list ("index" would shadow tuple.index)
     container: Mapping[str, Any]
 
     @property
@@ -160,7 +161,7 @@ class _Target:
         return str(self.container.get("name", ""))
 
     def tokens(self, *more: str | int) -> Tokens:
-        return ("spec", self.list_name, self.index, *more)
+        return ("spec", self.list_name, self.position, *more)
 
 
 def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str) -> Mutation:
@@ -183,13 +184,14 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str)
 
         path = ("metadata", "annotations", PROPERTIES_ANNOTATION)
         _set_entry(ops, pod, path, plan.properties_json)
-        _upsert(ops, ("spec", "volumes"), spec.get("volumes"), _properties_volume(), _is_properties)
+        volume = _Owned("volume", config_file)
+        _upsert(ops, ("spec", "volumes"), spec.get("volumes"), volume, _is_properties)
         for target in targets:
             command = target.container.get("command")
             if is_sed_wrapped(command):  # switching from sed: give the original command back
                 ops.append(_replace(target.tokens("command"), list(command[4:])))
             mounts = target.container.get("volumeMounts")
-            mount = _properties_mount(config_file)  # one object per target: no YAML aliases
+            mount = _Owned("mount", config_file)
             _upsert(ops, target.tokens("volumeMounts"), mounts, mount, is_mount_conflict)
     else:
         script = sed_script(plan.address, plan.port, home)
@@ -198,7 +200,7 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str)
         _drop_mount_strategy(ops, spec, annotations)
 
     for target in targets:
-        env_var = {"name": CONFIG_ENV, "value": config_file}
+        env_var = _Owned("env", config_file)
         _upsert(ops, target.tokens("env"), target.container.get("env"), env_var, _is_config_env)
 
     _node_selector(ops, pod, spec, plan)
@@ -289,6 +291,30 @@ def _named_targets(
 # --- building the patch ----------------------------------------------------------------------
 
 
+class _Owned(NamedTuple):
+    """A list entry the mutation owns, named by what it is built from.
+
+    Hashable, so the operations that put it in place are built once and reused (see ``_add``).
+    """
+
+    kind: Literal["volume", "mount", "env"]
+    config_file: str
+
+    def build(self) -> dict[str, Any]:
+        """A new copy of the entry."""
+        if self.kind == "volume":
+            return _properties_volume()
+        if self.kind == "mount":
+            return _properties_mount(self.config_file)
+        return {"name": CONFIG_ENV, "value": self.config_file}
+
+
+@lru_cache(maxsize=1024)
+def _owned_value(entry: _Owned) -> dict[str, Any]:
+    """The entry for comparisons only; never put in a patch (shared, so never to be changed)."""
+    return entry.build()
+
+
 def _properties_volume() -> dict[str, Any]:
     # Written in the API server's defaulted form (fieldRef.apiVersion, defaultMode) so that a
     # reinvocation, which sees the defaulted object, finds it equal and leaves it alone.
@@ -319,7 +345,7 @@ def _wrap_command(
     command = target.container.get("command")
     if is_sed_wrapped(command):
         if command[2] != script:  # stale address, port or home: only the script changes
-            ops.append(_replace(target.tokens("command", 2), script))
+            ops.append(_replace_text(target.tokens("command", 2), script))
     elif isinstance(command, list) and command:
         ops.append(_replace(target.tokens("command"), [*_SHELL, script, _SHELL_ARG0, *command]))
     else:
@@ -351,7 +377,7 @@ def _drop_mount_strategy(
         _remove_where(ops, ("spec", "volumes"), volumes, _is_properties)
     if PROPERTIES_ANNOTATION in annotations:
         path = json_pointer("metadata", "annotations", PROPERTIES_ANNOTATION)
-        ops.append(RemoveOperation.model_construct(path=path))
+        ops.append(_remove(path))
 
 
 def _is_properties(item: Mapping[str, Any]) -> bool:
@@ -386,43 +412,40 @@ def _set_entry(
     for depth, token in enumerate(path[:-1]):
         child = node.get(token) if _is_mapping(node) else None
         if not _is_mapping(child):
-            nested: Any = value
-            for inner in reversed(path[depth + 1 :]):
-                nested = {inner: nested}
-            ops.append(_add(path[: depth + 1], nested))
+            ops.append(_add_nested(path, depth, value))
             return
         node = child
     parent = _mapping(node)
     if path[-1] not in parent:
-        ops.append(_add(path, value))
+        ops.append(_add_text(path, value))
     elif parent[path[-1]] != value:
-        ops.append(_replace(path, value))
+        ops.append(_replace_text(path, value))
 
 
 def _upsert(
     ops: list[JsonPatchOperation],
     tokens: Tokens,
     items: object,
-    value: dict[str, Any],
+    entry: _Owned,
     is_ours: _Matcher,
 ) -> None:
-    """Put ``value`` in the list at ``tokens``: add the list, append, or fix matching entries.
+    """Put ``entry`` in the list at ``tokens``: add the list, append, or fix matching entries.
 
     The first entry ``is_ours`` accepts is replaced when it differs; further ones are removed,
     since duplicate names or mount paths make a pod invalid.
     """
     if not isinstance(items, list):
-        ops.append(_add(tokens, [value]))
+        ops.append(_add_owned(tokens, entry, True))
         return
     matches = [i for i, item in enumerate(items) if _is_mapping(item) and is_ours(item)]
     if not matches:
-        ops.append(_add((*tokens, "-"), value))
+        ops.append(_add_owned((*tokens, "-"), entry, False))
         return
     first, *rest = matches
-    if items[first] != value:
-        ops.append(_replace((*tokens, first), value))
+    if items[first] != _owned_value(entry):
+        ops.append(_replace_owned((*tokens, first), entry))
     for index in reversed(rest):  # descending, so earlier indices stay valid
-        ops.append(RemoveOperation.model_construct(path=_pointer((*tokens, index))))
+        ops.append(_remove(_pointer((*tokens, index))))
 
 
 def _remove_where(
@@ -431,7 +454,7 @@ def _remove_where(
     for index in reversed(range(len(items))):
         item = items[index]
         if _is_mapping(item) and is_ours(item):
-            ops.append(RemoveOperation.model_construct(path=_pointer((*tokens, index))))
+            ops.append(_remove(_pointer((*tokens, index))))
 
 
 @lru_cache(maxsize=4096)
@@ -440,13 +463,50 @@ def _pointer(tokens: Tokens) -> str:
     return json_pointer(*tokens)
 
 
-def _add(tokens: Tokens, value: Any) -> AddOperation:
-    # model_construct: the values are built here, validating them again would only cost time.
-    return AddOperation.model_construct(path=_pointer(tokens), value=value)
+# Operations are built with model_construct: the values are built here, validating them again
+# would only cost time. The same few operations recur on every review, so those built from
+# hashable inputs are cached and shared between patches: a patch and its operations are only
+# ever read (the CLI's patcher copies each value it inserts).
 
 
 def _replace(tokens: Tokens, value: Any) -> ReplaceOperation:
     return ReplaceOperation.model_construct(path=_pointer(tokens), value=value)
+
+
+@lru_cache(maxsize=4096)
+def _add_text(tokens: Tokens, value: str) -> AddOperation:
+    return AddOperation.model_construct(path=_pointer(tokens), value=value)
+
+
+@lru_cache(maxsize=4096)
+def _replace_text(tokens: Tokens, value: str) -> ReplaceOperation:
+    return ReplaceOperation.model_construct(path=_pointer(tokens), value=value)
+
+
+@lru_cache(maxsize=4096)
+def _add_nested(path: tuple[str, ...], depth: int, value: str) -> AddOperation:
+    """Add ``path[: depth + 1]`` as the objects that lead from there to ``value``."""
+    nested: Any = value
+    for inner in reversed(path[depth + 1 :]):
+        nested = {inner: nested}
+    return AddOperation.model_construct(path=_pointer(path[: depth + 1]), value=nested)
+
+
+@lru_cache(maxsize=4096)
+def _add_owned(tokens: Tokens, entry: _Owned, as_list: bool) -> AddOperation:
+    # A value of its own per operation: two targets never share one object (no YAML aliases).
+    value = entry.build()
+    return AddOperation.model_construct(path=_pointer(tokens), value=[value] if as_list else value)
+
+
+@lru_cache(maxsize=4096)
+def _replace_owned(tokens: Tokens, entry: _Owned) -> ReplaceOperation:
+    return ReplaceOperation.model_construct(path=_pointer(tokens), value=entry.build())
+
+
+@lru_cache(maxsize=4096)
+def _remove(path: str) -> RemoveOperation:
+    return RemoveOperation.model_construct(path=path)
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
