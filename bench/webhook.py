@@ -2,6 +2,11 @@
 
 The webhook runs alone on CPU 0 (``taskset -c 0``); wrk, this script and the DNS server run on
 the other CPU. wrk keeps connections alive and POSTs a realistic GPU pod AdmissionReview.
+
+The figures judged against the targets are those at LOG_LEVEL=info, as deployed: one JSON log
+line per admission. A LOG_LEVEL=warning run follows for information only. The 16-connection run
+is repeated (``--runs``) and its median taken, since other work on a shared machine moves single
+runs by several per cent.
 """
 
 from __future__ import annotations
@@ -10,6 +15,7 @@ import argparse
 import os
 import re
 import shutil
+import statistics
 import subprocess
 import sys
 import time
@@ -129,7 +135,18 @@ def start_dns_server() -> tuple[subprocess.Popen[str], str]:
     return process, nameserver
 
 
-def bench(log_level: str, seconds: int) -> list[str]:
+def info(name: str, value: str) -> str:
+    return f"  info  {name:<34} {value}"
+
+
+def median_run(results: list[WrkResult]) -> WrkResult:
+    """The run with the median throughput (its latencies belong to that same run)."""
+    ranked = sorted(results, key=lambda result: result.requests_per_second)
+    return ranked[(len(ranked) - 1) // 2]
+
+
+def bench(log_level: str, seconds: int, runs: int, judged: bool) -> list[str]:
+    """Measure the webhook at ``log_level``; ``judged`` prints PASS/MISS against the targets."""
     ca = trustme.CA()
     volume = SecretVolume(WORK / f"tls-{log_level}")
     volume.write(serving_cert(ca))
@@ -137,7 +154,8 @@ def bench(log_level: str, seconds: int) -> list[str]:
     dns_process, nameserver = start_dns_server()
     log_file = (WORK / f"webhook-{log_level}.log").open("wb")
     webhook: WebhookProcess | None = None
-    lines = [f"webhook, LOG_LEVEL={log_level} (log lines to a file), {seconds}s per run:"]
+    role = "judged against the targets" if judged else "for information, not judged"
+    lines = [f"webhook, LOG_LEVEL={log_level} (log lines to a file), {seconds}s per run, {role}:"]
     try:
         webhook = start_webhook(
             {
@@ -157,26 +175,44 @@ def bench(log_level: str, seconds: int) -> list[str]:
         url = webhook.url("/mutate")
         run_wrk(url, script, 16, 2)  # warm-up
         one = run_wrk(url, script, 1, seconds)
-        cpu_before = _cpu_seconds(webhook.process.pid)
-        sixteen = run_wrk(url, script, 16, seconds)
-        cpu_share = (_cpu_seconds(webhook.process.pid) - cpu_before) / seconds
+        runs_16: list[WrkResult] = []
+        cpu_shares: list[float] = []
+        for _ in range(runs):
+            cpu_before = _cpu_seconds(webhook.process.pid)
+            runs_16.append(run_wrk(url, script, 16, seconds))
+            cpu_shares.append((_cpu_seconds(webhook.process.pid) - cpu_before) / seconds)
+        sixteen = median_run(runs_16)
+        cpu_share = statistics.median(cpu_shares)
         rss_mib = psutil.Process(webhook.process.pid).memory_info().rss / 2**20
-        lines += [
-            verdict("ready after start", ready_seconds, TARGET_READY_S, "s", False),
-            verdict("req/s, 16 connections", sixteen.requests_per_second, TARGET_RPS_16, "", True),
-            verdict("p99 latency, 16 connections", sixteen.p99_ms, TARGET_P99_16_MS, "ms", False),
-            verdict("p50 latency, 1 connection", one.p50_ms, TARGET_P50_1_MS, "ms", False),
-            verdict("RSS after the runs", rss_mib, TARGET_RSS_MIB, "MiB", False),
-            f"  info  req/s, 1 connection {one.requests_per_second:>19.0f}",
-            f"  info  p50 latency, 16 connections {sixteen.p50_ms:>11.3f} ms",
-            f"  info  p99 latency, 1 connection {one.p99_ms:>13.3f} ms",
-            f"  info  failed requests {one.errors + sixteen.errors:>23d}",
-            # Other work on CPU 0 steals time from the webhook; this shows how much it got.
-            f"  info  webhook CPU share, 16 conns {cpu_share * 100:>12.0f} %"
-            f"  (= {sixteen.requests_per_second / max(cpu_share, 0.01):.0f} req per CPU-second)",
+        errors = one.errors + sum(result.errors for result in runs_16)
+        figures = [
+            ("ready after start", ready_seconds, TARGET_READY_S, "s", False),
+            ("req/s, 16 connections", sixteen.requests_per_second, TARGET_RPS_16, "", True),
+            ("p99 latency, 16 connections", sixteen.p99_ms, TARGET_P99_16_MS, "ms", False),
+            ("p50 latency, 1 connection", one.p50_ms, TARGET_P50_1_MS, "ms", False),
+            ("RSS after the runs", rss_mib, TARGET_RSS_MIB, "MiB", False),
         ]
-        if one.errors or sixteen.errors:
-            lines.append("  MISS  some requests failed (see above)")
+        for name, value, target, unit, higher_is_better in figures:
+            if judged:
+                lines.append(verdict(name, value, target, unit, higher_is_better))
+            else:
+                lines.append(info(name, f"{value:>10.3f} {unit}"))
+        all_rps = ", ".join(f"{result.requests_per_second:.0f}" for result in runs_16)
+        lines += [
+            info("req/s of each 16-connection run", f"{all_rps} (median above)"),
+            info("req/s, 1 connection", f"{one.requests_per_second:>10.0f}"),
+            info("p50 latency, 16 connections", f"{sixteen.p50_ms:>10.3f} ms"),
+            info("p99 latency, 1 connection", f"{one.p99_ms:>10.3f} ms"),
+            info("failed requests", f"{errors:>10d}"),
+            # Other work on CPU 0 steals time from the webhook; this shows how much it got.
+            info(
+                "webhook CPU share, 16 connections",
+                f"{cpu_share * 100:>10.0f} %  (= "
+                f"{sixteen.requests_per_second / max(cpu_share, 0.01):.0f} req per CPU-second)",
+            ),
+        ]
+        if errors:
+            lines.append(f"  {'MISS' if judged else 'info'}  some requests failed (see above)")
     finally:
         if webhook is not None:
             webhook.stop()
@@ -190,10 +226,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--seconds", type=int, default=10, help="duration of each wrk run")
     parser.add_argument(
+        "--runs", type=int, default=3, help="16-connection runs per level; the median is reported"
+    )
+    parser.add_argument(
         "--log-level",
         action="append",
         choices=["info", "warning"],
-        help="webhook LOG_LEVEL to measure (repeatable; default: info and warning)",
+        help="webhook LOG_LEVEL to measure (repeatable; default: info and warning); "
+        "only info is judged against the targets",
     )
     args = parser.parse_args()
     if shutil.which("wrk") is None:
@@ -204,7 +244,8 @@ def main() -> None:
     WORK.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     for level in args.log_level or ["info", "warning"]:
-        print("\n".join(bench(level, args.seconds)), flush=True)
+        lines = bench(level, args.seconds, max(args.runs, 1), judged=level == "info")
+        print("\n".join(lines), flush=True)
     print(f"(bench took {time.monotonic() - started:.0f}s)")
 
 
