@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 
 import pytest
+import uvloop
 from gvirtus_kai_webhook.server import CoalescingTransport
 
 WAIT = 10.0  # generous: a loaded 2-core machine
@@ -116,3 +117,30 @@ async def test_write_buffer_size_counts_pending_bytes(connection: _Connection) -
     assert connection.transport.get_write_buffer_size() >= 5
     await _next_loop_steps()
     assert connection.counting.writes == [b"12345"]
+
+
+async def _exchange_on_this_loop() -> tuple[list[bytes], bytes]:
+    """Head and body written in one step, then close: what the transport got, what the peer got."""
+    peer = _Peer()
+    server = await asyncio.start_server(peer.serve, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    loop = asyncio.get_running_loop()
+    real, _ = await loop.create_connection(asyncio.Protocol, "127.0.0.1", port)
+    counting = _CountingTransport(real)
+    transport = CoalescingTransport(counting, loop)  # type: ignore[arg-type]
+    transport.write(b"head;")
+    transport.write(b"body")
+    await _next_loop_steps()
+    transport.close()
+    await asyncio.wait_for(peer.ended.wait(), WAIT)
+    server.close()
+    await server.wait_closed()
+    return counting.writes, bytes(peer.received)
+
+
+def test_uvloop_transports_work_through_the_coalescing_transport() -> None:
+    # The server runs on uvloop, whose transports are not asyncio.Transport subclasses.
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        writes, received = runner.run(_exchange_on_this_loop())
+    assert writes == [b"head;body"]
+    assert received == b"head;body"
