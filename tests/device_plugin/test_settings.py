@@ -8,7 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
-from gvirtus_kai_device_plugin.settings import Settings, describe_errors
+from gvirtus_kai_common.settings import describe_settings_error
+from gvirtus_kai_device_plugin.settings import Settings
 from pydantic import ValidationError
 
 PLUGIN = [sys.executable, "-m", "gvirtus_kai_device_plugin"]
@@ -28,7 +29,7 @@ def settings_error(**env: str) -> str:
             patch.setenv(f"GVIRTUS_KAI_{key}", value)
         with pytest.raises(ValidationError) as raised:
             Settings()
-    return describe_errors(raised.value)
+    return "\n".join(describe_settings_error(raised.value))
 
 
 def test_defaults_match_the_design() -> None:

@@ -338,4 +338,4 @@ def test_invalid_settings_fail_naming_the_setting() -> None:
         env={"GVIRTUS_KAI_BACKEND_PORT": "0"},
     )  # fmt: skip
     assert result.returncode == 1
-    assert "backend_port" in result.stderr
+    assert "GVIRTUS_KAI_BACKEND_PORT" in result.stderr

@@ -8,6 +8,13 @@ _NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _DNS_LABEL = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
 
 
+def is_dns_subdomain(name: str) -> bool:
+    """RFC 1123 subdomain as Kubernetes checks it: lower-case labels joined by dots, ≤ 253."""
+    return 0 < len(name) <= 253 and all(
+        len(part) <= 63 and _DNS_LABEL.match(part) for part in name.split(".")
+    )
+
+
 def label_key_problem(key: str) -> str | None:
     """Why the API server would reject ``key`` as a label key, or None when it is valid."""
     prefix, slash, name = key.rpartition("/")
@@ -16,7 +23,7 @@ def label_key_problem(key: str) -> str | None:
             return "the prefix before '/' is empty"
         if len(prefix) > 253:
             return "the prefix is longer than 253 characters"
-        if not all(_DNS_LABEL.match(part) for part in prefix.split(".")):
+        if not is_dns_subdomain(prefix):
             return f"the prefix {prefix!r} is not a lower-case DNS subdomain"
     if not name:
         return "the name is empty"

@@ -10,12 +10,13 @@ import sys
 from gvirtus_kai_common.health import HealthServer
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.metrics import Registry
+from gvirtus_kai_common.settings import ENV_PREFIX, describe_settings_error
 from gvirtus_kai_common.shutdown import stop_event_on_signals
 from pydantic import ValidationError
 
 from gvirtus_kai_device_plugin import files
 from gvirtus_kai_device_plugin.plugin import DevicePlugin
-from gvirtus_kai_device_plugin.settings import ENV_PREFIX, Settings, describe_errors
+from gvirtus_kai_device_plugin.settings import Settings
 
 log = logging.getLogger("gvirtus_kai_device_plugin")
 
@@ -62,14 +63,14 @@ def main(argv: list[str] | None = None) -> None:
         settings = Settings()
     except ValidationError as error:
         setup_logging("info")
-        for line in describe_errors(error).splitlines():
-            log.error(f"invalid setting {line}")
+        for line in describe_settings_error(error):
+            log.error("invalid setting %s", line)
         sys.exit(EXIT_BAD_SETTINGS)
     setup_logging(settings.log_level)
     problems = check_directories(settings)
     if problems:
         for problem in problems:
-            log.error(f"invalid setting {problem}")
+            log.error("invalid setting %s", problem)
         sys.exit(EXIT_BAD_SETTINGS)
     log.info(
         "starting",

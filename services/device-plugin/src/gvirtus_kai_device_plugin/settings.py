@@ -4,15 +4,12 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Literal
 
-from pydantic import Field, ValidationError, field_validator
+from gvirtus_kai_common.labels import is_dns_subdomain
+from gvirtus_kai_common.settings import ENV_PREFIX, LogLevel
+from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-ENV_PREFIX = "GVIRTUS_KAI_"
-
-_DNS_LABEL = r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?"
-_DNS_SUBDOMAIN = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
 _QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 # CDI names (container-device-interface parser rules, spec 0.5.0 which is what we write):
 # vendor starts with a letter, may hold dots; class starts with a letter, no dots (dots in the
@@ -31,19 +28,14 @@ class Settings(BaseSettings):
     cdi_kind: str = "gvirtus.io/vgpu"
     health_host: str = "0.0.0.0"
     health_port: int = Field(8080, ge=0, le=65535)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _lower_level(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
+    log_level: LogLevel = "info"
 
     @field_validator("resource_name")
     @classmethod
     def _check_resource_name(cls, value: str) -> str:
         """An extended resource name as the kubelet accepts it: ``<domain>/<name>``."""
         domain, sep, name = value.partition("/")
-        if not sep or not _DNS_SUBDOMAIN.match(domain) or len(domain) > 253:
+        if not sep or not is_dns_subdomain(domain):
             raise ValueError(f"{value!r} is not an extended resource name like vendor.com/device")
         if not _QUALIFIED_NAME.match(name):
             raise ValueError(f"{value!r}: {name!r} is not a valid resource name")
@@ -90,13 +82,3 @@ class Settings(BaseSettings):
     def cdi_spec_path(self) -> Path:
         """CDI's file naming convention: ``<vendor>-<class>.json``."""
         return self.cdi_dir / f"{self.cdi_kind.replace('/', '-')}.json"
-
-
-def describe_errors(error: ValidationError) -> str:
-    """One line per bad setting, each naming the environment variable to fix."""
-    lines = []
-    for item in error.errors():
-        field = str(item["loc"][0]) if item["loc"] else "?"
-        message = item["msg"].removeprefix("Value error, ")
-        lines.append(f"{ENV_PREFIX}{field.upper()}: {message} (got {item.get('input')!r})")
-    return "\n".join(lines)

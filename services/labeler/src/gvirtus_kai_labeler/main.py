@@ -12,6 +12,7 @@ from collections.abc import Sequence
 from gvirtus_kai_common.health import HealthServer
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.metrics import Registry
+from gvirtus_kai_common.settings import describe_settings_error
 from gvirtus_kai_common.shutdown import stop_event_on_signals
 from lightkube import AsyncClient, ConfigError, KubeConfig
 from pydantic import ValidationError
@@ -47,11 +48,7 @@ def load_settings() -> Settings | str:
     try:
         return Settings()
     except ValidationError as error:
-        problems = []
-        for item in error.errors():
-            name = "GVIRTUS_KAI_" + "_".join(str(part) for part in item["loc"]).upper()
-            problems.append(f"{name}: {item['msg']}")
-        return "invalid settings: " + "; ".join(problems)
+        return "invalid settings: " + "; ".join(describe_settings_error(error))
 
 
 async def _run(settings: Settings, once: bool, all_nodes: bool) -> int:

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated
 
 from gvirtus_kai_common.labels import label_key_problem, label_value_problem
+from gvirtus_kai_common.settings import ENV_PREFIX, LogLevel
 from pydantic import Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
@@ -38,7 +39,7 @@ def parse_labels(text: str) -> dict[str, str]:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GVIRTUS_KAI_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     # The node this pod runs on (downward API ``spec.nodeName``); unused with --all-nodes.
     node_name: str = ""
@@ -47,14 +48,9 @@ class Settings(BaseSettings):
     )
     health_host: str = "0.0.0.0"
     health_port: int = Field(8080, ge=0, le=65535)  # 0 picks a free port (tests, local runs)
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
 
     @field_validator("labels", mode="before")
     @classmethod
     def _parse_labels(cls, value: object) -> object:
         return parse_labels(value) if isinstance(value, str) else value
-
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _lower_case_level(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value

@@ -22,6 +22,7 @@ from typing import Any, TextIO
 
 import yaml
 from gvirtus_kai_common.logs import setup_logging
+from gvirtus_kai_common.settings import describe_settings_error
 from pydantic import ValidationError
 
 from .mutation import MutationDenied, is_enabled, mutate_pod
@@ -178,7 +179,8 @@ def run_inject(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: 
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(f"error: invalid GVIRTUS_KAI_* settings: {exc}", file=stderr)
+        lines = describe_settings_error(exc)
+        print("error: invalid settings:", *lines, sep="\n  ", file=stderr)
         return EXIT_FAILED
     if args.strategy:
         settings = settings.model_copy(update={"strategy": args.strategy})

@@ -13,6 +13,7 @@ from typing import Any, cast
 import uvicorn
 import uvloop
 from gvirtus_kai_common.logs import setup_logging
+from gvirtus_kai_common.settings import describe_settings_error
 from gvirtus_kai_common.shutdown import stop_event_on_signals
 from prometheus_client import disable_created_metrics
 from pydantic import ValidationError
@@ -27,7 +28,6 @@ from .tls import ReloadingServerTLS, TLSLoadError
 
 log = logging.getLogger(__name__)
 
-ENV_PREFIX = "GVIRTUS_KAI_"
 # In-flight reviews get this long to finish after SIGTERM; the API server's own webhook timeout
 # (at most 30 s) is far longer than any review takes.
 GRACEFUL_SHUTDOWN_SECONDS = 10
@@ -200,19 +200,12 @@ async def serve(settings: Settings) -> None:
         stopping.cancel()
 
 
-def _describe_settings_error(exc: ValidationError) -> str:
-    lines = ["gvirtus-webhook: invalid settings:"]
-    for error in exc.errors(include_url=False):
-        field = str(error["loc"][0]) if error["loc"] else "?"
-        lines.append(f"  {ENV_PREFIX}{field.upper()}: {error['msg']}")
-    return "\n".join(lines)
-
-
 def main() -> None:
     try:
         settings = Settings()
     except ValidationError as exc:
-        print(_describe_settings_error(exc), file=sys.stderr)
+        lines = describe_settings_error(exc)
+        print("gvirtus-webhook: invalid settings:", *lines, sep="\n  ", file=sys.stderr)
         sys.exit(2)
     setup_logging(settings.log_level)
     # One line per admission is logged; skip the record fields the JSON lines never show

@@ -3,18 +3,16 @@
 from __future__ import annotations
 
 import ipaddress
-import re
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from gvirtus_kai_common.labels import label_key_problem, label_value_problem
+from gvirtus_kai_common.labels import is_dns_subdomain, label_key_problem, label_value_problem
+from gvirtus_kai_common.settings import ENV_PREFIX, LogLevel
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 Strategy = Literal["mount", "sed"]
 STRATEGIES: tuple[Strategy, ...] = ("mount", "sed")
-
-_DNS_SUBDOMAIN = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
 
 
 class Nameserver(BaseModel, frozen=True):
@@ -40,7 +38,7 @@ def _parse_nameserver(entry: str) -> Nameserver:
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix="GVIRTUS_KAI_", frozen=True, extra="ignore")
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
 
     listen_host: str = "0.0.0.0"
     listen_port: int = Field(8443, ge=1, le=65535)
@@ -67,7 +65,7 @@ class Settings(BaseSettings):
     # Pod label key whose value "true" asks for GVirtuS (the chart's objectSelector uses the same).
     enable_label: str = "gvirtus.io/enabled"
     gpu_resource: str = "nvidia.com/gpu"
-    log_level: Literal["debug", "info", "warning", "error"] = "info"
+    log_level: LogLevel = "info"
 
     @field_validator("dns_nameservers", mode="before")
     @classmethod
@@ -85,15 +83,10 @@ class Settings(BaseSettings):
             raise ValueError("at least one GVirtuS plugin is needed")
         return value
 
-    @field_validator("log_level", mode="before")
-    @classmethod
-    def _lower_level(cls, value: object) -> object:
-        return value.lower() if isinstance(value, str) else value
-
     @field_validator("backend_host")
     @classmethod
     def _check_host(cls, value: str) -> str:
-        if not _DNS_SUBDOMAIN.match(value.rstrip(".")):
+        if not is_dns_subdomain(value.rstrip(".")):
             raise ValueError(f"{value!r} is not a DNS name")
         return value
 
