@@ -105,6 +105,7 @@ def start_webhook(
     *,
     stderr: Any = None,
     prefix: list[str] | None = None,
+    command: list[str] | None = None,
 ) -> WebhookProcess:
     """Start ``gvirtus-webhook`` with ``GVIRTUS_KAI_<KEY>`` for each settings entry.
 
@@ -115,7 +116,7 @@ def start_webhook(
     env.update({"GVIRTUS_KAI_LISTEN_HOST": "127.0.0.1", "GVIRTUS_KAI_LISTEN_PORT": str(port)})
     env.update({f"GVIRTUS_KAI_{key}": value for key, value in settings.items()})
     process = subprocess.Popen(
-        [*(prefix or []), *webhook_command()],
+        [*(prefix or []), *(command or webhook_command())],
         env=env,
         stderr=stderr,
         start_new_session=True,  # its own process group, so cleanup can never hit ours
