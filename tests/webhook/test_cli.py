@@ -309,7 +309,7 @@ def test_warnings_go_to_stderr_and_the_output_is_still_written() -> None:
     del pod["spec"]["containers"][0]["resources"]
     result = run("inject", "-f", "-", "--backend-address", BACKEND_IP, stdin=yaml.safe_dump(pod))
     assert result.returncode == 0
-    assert result.stderr.startswith("warning: document 1 (Pod ml/cuda-smoke): no GVirtuS target")
+    assert result.stderr.startswith("warning: document 1 (Pod ml/cuda-smoke): GVirtuS: add")
     assert PROPERTIES_ANNOTATION in result.stdout
 
 

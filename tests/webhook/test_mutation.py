@@ -274,6 +274,7 @@ def test_no_gpu_limit_gives_one_warning_naming_the_container_and_the_fix() -> No
     assert "cuda-smoke" in warnings[0]
     assert "resources.limits" in warnings[0]
     assert "nvidia.com/gpu: 1" in warnings[0]
+    assert len(warnings[0]) <= 120  # API server guidance: short warnings, long ones truncated
 
 
 def test_a_gpu_limit_gives_no_warning() -> None:

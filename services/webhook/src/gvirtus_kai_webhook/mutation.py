@@ -205,11 +205,11 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str)
 
     _node_selector(ops, pod, spec, plan)
     if not any(_gpu_quantity(t.container, "limits", plan.gpu_resource) for t in targets):
+        # The API server asks for short warnings (long ones may be truncated): name the fix only.
         names = ", ".join(t.name for t in targets)
         warnings.append(
-            f"no GVirtuS target container ({names}) sets resources.limits['{plan.gpu_resource}'], "
-            f"so the pod gets no virtual GPU slot from the GVirtuS device plugin; add "
-            f"'{plan.gpu_resource}: 1' to the resources.limits of the container that uses CUDA"
+            f"GVirtuS: add resources.limits {plan.gpu_resource}: 1 to {names[:60]} "
+            f"to get a virtual GPU slot"
         )
     return Mutation(ops, warnings)
 
