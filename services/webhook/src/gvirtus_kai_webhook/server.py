@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import gc
+import ipaddress
 import logging
+import socket
 import sys
 from collections.abc import Iterable, Iterator
 from typing import Any, cast
@@ -159,6 +161,44 @@ def uvicorn_config(app: WebhookApp, settings: Settings, tls: ReloadingServerTLS)
     )
 
 
+class ListenError(Exception):
+    """The listening socket could not be created."""
+
+
+def _is_ipv6_any(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host) == ipaddress.IPv6Address("::")
+    except ValueError:
+        return False
+
+
+def listening_sockets(host: str, port: int, backlog: int) -> list[socket.socket] | None:
+    """Sockets for uvicorn to serve on, or ``None`` to let it bind ``host`` as given.
+
+    asyncio binds ``::`` with IPV6_V6ONLY, which refuses IPv4; on a dual-stack cluster the API
+    server or the kubelet's probes may well come over IPv4. So ``::`` gets one socket that takes
+    both families (IPV6_V6ONLY off), the way most servers read it. On a node without IPv6 "every
+    address" can only mean the IPv4 ones.
+    """
+    if not _is_ipv6_any(host):
+        return None
+    try:
+        if socket.has_dualstack_ipv6():
+            sock = socket.create_server(
+                ("::", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True
+            )
+        else:
+            log.warning("no IPv6 on this node: listening on IPv4 only", extra={"port": port})
+            sock = socket.create_server(("0.0.0.0", port), backlog=backlog)
+    except OSError as exc:
+        raise ListenError(f"cannot listen on [{host}]:{port}: {exc}") from exc
+    log.info(
+        "listening on all addresses",
+        extra={"address": sock.getsockname()[0], "port": sock.getsockname()[1]},
+    )
+    return [sock]
+
+
 def _tune_garbage_collector() -> None:
     """Keep the cyclic garbage collector off the request path.
 
@@ -183,11 +223,13 @@ async def serve(settings: Settings) -> None:
         return server is not None and server.started and not server.should_exit
 
     app = WebhookApp(reviewer, metrics.registry, is_ready)
-    server = _Server(uvicorn_config(app, settings, tls))
+    config = uvicorn_config(app, settings, tls)
+    server = _Server(config)
+    sockets = listening_sockets(settings.listen_host, settings.listen_port, config.backlog)
     _tune_garbage_collector()
     stop = stop_event_on_signals()
     watcher = asyncio.create_task(tls.watch(TLS_POLL_SECONDS))
-    serving = asyncio.create_task(server.serve())
+    serving = asyncio.create_task(server.serve(sockets=sockets))
     stopping = asyncio.create_task(stop.wait())
     try:
         await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
@@ -198,6 +240,8 @@ async def serve(settings: Settings) -> None:
     finally:
         watcher.cancel()
         stopping.cancel()
+        for sock in sockets or ():
+            sock.close()  # uvicorn closes them on a normal stop; this covers a failed start
 
 
 def main() -> None:
@@ -219,6 +263,6 @@ def main() -> None:
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve(settings))
-    except TLSLoadError as exc:
+    except (TLSLoadError, ListenError) as exc:
         log.error("cannot start: %s", exc)
         sys.exit(1)
