@@ -23,6 +23,16 @@
 {{- printf "%s-%s" (include "gvirtus-kai.fullname" .ctx | trunc 48 | trimSuffix "-") .component }}
 {{- end }}
 
+{{/*
+Name of a component's cluster-scoped objects (ClusterRole, ClusterRoleBinding,
+MutatingWebhookConfiguration); call like componentName. Release names are unique per namespace
+only, so the namespace is part of the name: releases in two namespaces never claim the same
+object. Namespaces contain no dots, so `<component name>.<namespace>` is unambiguous.
+*/}}
+{{- define "gvirtus-kai.clusterScopedName" -}}
+{{- printf "%s.%s" (include "gvirtus-kai.componentName" .) .ctx.Release.Namespace }}
+{{- end }}
+
 {{- define "gvirtus-kai.chart" -}}
 {{- printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | trunc 63 | trimSuffix "-" }}
 {{- end }}
