@@ -25,6 +25,9 @@ SKIP_REASON_NO_CLUSTER = "KUBECONFIG not set: e2e needs a real cluster"
 # values.yaml key of each GVirtuS-KAI component -> its image repository name.
 IMAGE_COMPONENTS = {"webhook": "webhook", "labeler": "labeler", "devicePlugin": "device-plugin"}
 
+# app.kubernetes.io/component of the chart's `helm test` pods.
+HELM_TEST_COMPONENT = "helm-test"
+
 _OUTPUT_TAIL = 4000
 
 
@@ -140,6 +143,44 @@ class Cli:
             kind = type(parsed).__name__
             raise AssertionError(f"`{shlex.join(args)}` printed a JSON {kind}, not an object")
         return parsed
+
+
+def run_helm_test(
+    helm: Cli, kubectl: Cli, release: str, namespace: str, timeout_seconds: float
+) -> str:
+    """`helm test` of a release; when it fails, the error carries the test pods' logs.
+
+    Not `helm test --logs`: the chart's test pod is deleted once it succeeds (`hook-succeeded`),
+    and Helm releases without the fix for helm/helm#9098 fetch the logs only after that deletion,
+    so a passing test fails with "unable to get pod logs ... not found". A failed test pod is
+    kept, so its logs are read here with kubectl.
+    """
+    try:
+        return helm.run(
+            "test", release, "--namespace", namespace, "--timeout", f"{int(timeout_seconds)}s"
+        )
+    except CommandFailedError as failure:
+        logs = helm_test_pod_logs(kubectl, release, namespace)
+        raise CommandFailedError(
+            failure.argv,
+            failure.returncode,
+            f"{failure.stdout}\n--- helm test pod logs ---\n{logs}",
+            failure.stderr,
+        ) from failure
+
+
+def helm_test_pod_logs(kubectl: Cli, release: str, namespace: str) -> str:
+    """Logs of the release's `helm test` pods, or why they could not be read."""
+    selector = (
+        f"app.kubernetes.io/instance={release},app.kubernetes.io/component={HELM_TEST_COMPONENT}"
+    )
+    try:
+        return kubectl.run(
+            "logs", "--namespace", namespace, "--selector", selector,
+            "--all-containers", "--prefix", "--tail=200",
+        )  # fmt: skip
+    except CommandFailedError as exc:
+        return f"(could not read them: {exc})"
 
 
 def wait_until(
