@@ -96,6 +96,20 @@ def test_node_agents_have_http_liveness_on_their_health_port(component: str, kin
     assert agent["ports"] == [{"name": "health", "containerPort": 8080, "protocol": "TCP"}]
 
 
+def test_device_plugin_is_ready_only_once_registered_with_the_kubelet() -> None:
+    plugin = container(render().one("DaemonSet", "device-plugin"))
+    assert plugin["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "health"}
+
+
+def test_device_plugin_readiness_timing_comes_from_values() -> None:
+    values = {
+        "devicePlugin.readinessProbe.initialDelaySeconds": 3,
+        "devicePlugin.readinessProbe.periodSeconds": 7,
+    }
+    probe = container(render(values=values).one("DaemonSet", "device-plugin"))["readinessProbe"]
+    assert (probe["initialDelaySeconds"], probe["periodSeconds"]) == (3, 7)
+
+
 def test_webhook_configuration_scope_is_pod_create_only() -> None:
     hook = render().one("MutatingWebhookConfiguration")["webhooks"][0]
     assert hook["name"] == "pods.gvirtus.io"

@@ -144,6 +144,7 @@ def test_schema_rejects_an_unknown_top_level_key() -> None:
         ("devicePlugin.deviceCount", 0),
         ("backend.runAsUser", 0),
         ("webhook.listenHost", "localhost"),
+        ("devicePlugin.readinessProbe.periodSeconds", 0),
     ],
 )
 def test_schema_rejects_out_of_range_values(path: str, value: Any) -> None:

@@ -25,12 +25,27 @@ async def _exchange(port: int, request: bytes) -> tuple[str, dict[str, str], byt
 class _Health:
     def __init__(self) -> None:
         self.healthy = True
+        self.ready = True
         self.registry = Registry()
         self.requests = Counter("probe_requests", "Probes seen.", registry=self.registry)
 
 
 @pytest.fixture
 async def health() -> AsyncIterator[tuple[_Health, int]]:
+    state = _Health()
+    server = HealthServer(
+        "127.0.0.1", 0, lambda: state.healthy, state.registry, is_ready=lambda: state.ready
+    )
+    await server.start()
+    try:
+        yield state, server.port
+    finally:
+        await server.stop()
+
+
+@pytest.fixture
+async def without_readiness_check() -> AsyncIterator[tuple[_Health, int]]:
+    """A server given only a health check, as the labeler starts it."""
     state = _Health()
     server = HealthServer("127.0.0.1", 0, lambda: state.healthy, state.registry)
     await server.start()
@@ -52,6 +67,45 @@ async def test_healthz_is_503_when_the_check_fails(health: tuple[_Health, int]) 
     state.healthy = False
     status, _, _ = await _exchange(port, b"GET /healthz HTTP/1.1\r\n\r\n")
     assert status == "HTTP/1.1 503 Service Unavailable"
+
+
+async def test_readyz_is_200_while_the_readiness_check_passes(
+    health: tuple[_Health, int],
+) -> None:
+    _, port = health
+    status, headers, body = await _exchange(port, b"GET /readyz HTTP/1.1\r\n\r\n")
+    assert (status, body) == ("HTTP/1.1 200 OK", b"ready\n")
+    assert headers["content-length"] == "6"
+
+
+async def test_readyz_is_503_while_alive_but_not_ready(health: tuple[_Health, int]) -> None:
+    state, port = health
+    state.ready = False
+    ready, _, _ = await _exchange(port, b"GET /readyz HTTP/1.1\r\n\r\n")
+    alive, _, _ = await _exchange(port, b"GET /healthz HTTP/1.1\r\n\r\n")
+    assert ready == "HTTP/1.1 503 Service Unavailable"
+    assert alive == "HTTP/1.1 200 OK"
+
+
+async def test_readyz_follows_the_latest_readiness_check(health: tuple[_Health, int]) -> None:
+    state, port = health
+    state.ready = False
+    before, _, _ = await _exchange(port, b"GET /readyz HTTP/1.1\r\n\r\n")
+    state.ready = True
+    after, _, _ = await _exchange(port, b"GET /readyz HTTP/1.1\r\n\r\n")
+    assert (before, after) == ("HTTP/1.1 503 Service Unavailable", "HTTP/1.1 200 OK")
+
+
+@pytest.mark.parametrize(
+    ("healthy", "status"), [(True, "200 OK"), (False, "503 Service Unavailable")]
+)
+async def test_readyz_without_a_readiness_check_follows_the_health_check(
+    without_readiness_check: tuple[_Health, int], healthy: bool, status: str
+) -> None:
+    state, port = without_readiness_check
+    state.healthy = healthy
+    answer, _, _ = await _exchange(port, b"GET /readyz HTTP/1.1\r\n\r\n")
+    assert answer == f"HTTP/1.1 {status}"
 
 
 async def test_metrics_serve_the_registry_in_text_format(health: tuple[_Health, int]) -> None:

@@ -14,7 +14,7 @@ import pytest
 from gvirtus_kai_device_plugin.settings import Settings
 
 from tests.device_plugin.conftest import RunningPlugin
-from tests.device_plugin.kubelet import KubeletEmulator
+from tests.device_plugin.kubelet import WAIT_SECONDS, KubeletEmulator
 
 # The bound for re-registering after a kubelet restart or a lost socket.
 REREGISTER_SECONDS = 1.0
@@ -292,6 +292,18 @@ async def test_metrics_count_registrations_and_allocations(
         metrics.registrations.value,
         metrics.allocations.value,
     ) == (1, 1, 2)
+
+
+async def test_registered_gauge_drops_to_0_while_kubelet_sock_is_gone(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator
+) -> None:
+    metrics = registered_plugin.plugin.metrics
+    await kubelet.stop()
+    for _ in range(int(WAIT_SECONDS / 0.05)):  # the plugin polls kubelet.sock every 100 ms
+        if metrics.registered.value == 0:
+            break
+        await asyncio.sleep(0.05)
+    assert (metrics.registered.value, registered_plugin.plugin.registered) == (0, False)
 
 
 def test_cdi_spec_is_json_on_disk_before_registration(settings: Settings) -> None:

@@ -1,4 +1,4 @@
-"""The real ``gvirtus-device-plugin`` process: health endpoint, JSON logs, SIGTERM."""
+"""The real ``gvirtus-device-plugin`` process: health and readiness, JSON logs, SIGTERM."""
 
 from __future__ import annotations
 
@@ -47,10 +47,9 @@ class PluginProcess:
         return (await self.process.stderr.read()).decode().splitlines()
 
 
-@pytest.fixture
-async def plugin_process(
-    kubelet: KubeletEmulator, plugin_dir: Path, cdi_dir: Path
-) -> AsyncIterator[PluginProcess]:
+@contextlib.asynccontextmanager
+async def running_plugin(plugin_dir: Path, cdi_dir: Path) -> AsyncIterator[PluginProcess]:
+    """The plugin process, killed on exit if it is still running."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
     env.update(
@@ -62,7 +61,6 @@ async def plugin_process(
     )
     process = await asyncio.create_subprocess_exec(COMMAND, env=env, stderr=asyncio.subprocess.PIPE)
     try:
-        await kubelet.wait_for_registrations(1)
         yield PluginProcess(
             process,
             f"http://127.0.0.1:{port}",
@@ -75,10 +73,84 @@ async def plugin_process(
             await process.wait()
 
 
+@pytest.fixture
+async def plugin_process(
+    kubelet: KubeletEmulator, plugin_dir: Path, cdi_dir: Path
+) -> AsyncIterator[PluginProcess]:
+    async with running_plugin(plugin_dir, cdi_dir) as plugin:
+        await kubelet.wait_for_registrations(1)
+        yield plugin
+
+
+@pytest.fixture
+async def plugin_without_kubelet(plugin_dir: Path, cdi_dir: Path) -> AsyncIterator[PluginProcess]:
+    """The plugin process started before any kubelet, once its health endpoint answers."""
+    async with running_plugin(plugin_dir, cdi_dir) as plugin:
+        await status_within(plugin, "/healthz", 200)
+        yield plugin
+
+
+async def status_within(plugin: PluginProcess, path: str, expected: int) -> int | str:
+    """GET ``path`` until it answers ``expected`` or WAIT_SECONDS pass; the last answer."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    async with httpx.AsyncClient(timeout=WAIT_SECONDS) as client:
+        while True:
+            try:
+                answer: int | str = (await client.get(plugin.health_url + path)).status_code
+            except httpx.TransportError as error:
+                answer = type(error).__name__
+            if answer == expected or time.monotonic() > deadline:
+                return answer
+            await asyncio.sleep(0.05)
+
+
 async def test_process_registers_and_reports_healthy(plugin_process: PluginProcess) -> None:
     async with httpx.AsyncClient(timeout=WAIT_SECONDS) as client:
         response = await client.get(f"{plugin_process.health_url}/healthz")
     assert response.status_code == 200
+
+
+async def test_readyz_is_503_while_no_kubelet_has_accepted_it(
+    plugin_without_kubelet: PluginProcess,
+) -> None:
+    async with httpx.AsyncClient(timeout=WAIT_SECONDS) as client:
+        ready = await client.get(f"{plugin_without_kubelet.health_url}/readyz")
+        alive = await client.get(f"{plugin_without_kubelet.health_url}/healthz")
+    assert (ready.status_code, alive.status_code) == (503, 200)
+
+
+async def test_readyz_turns_200_when_a_kubelet_accepts_the_registration(
+    plugin_without_kubelet: PluginProcess, plugin_dir: Path
+) -> None:
+    kubelet = KubeletEmulator(plugin_dir)
+    await kubelet.start()
+    try:
+        await kubelet.wait_for_registrations(1)
+        assert await status_within(plugin_without_kubelet, "/readyz", 200) == 200
+    finally:
+        await kubelet.stop()
+
+
+async def test_readyz_is_503_once_kubelet_sock_disappears(
+    plugin_process: PluginProcess, kubelet: KubeletEmulator
+) -> None:
+    assert await status_within(plugin_process, "/readyz", 200) == 200
+    await kubelet.stop()  # removes kubelet.sock
+    assert await status_within(plugin_process, "/readyz", 503) == 503
+
+
+async def test_readyz_is_200_again_once_the_returning_kubelet_accepts_it(
+    plugin_process: PluginProcess, kubelet: KubeletEmulator, plugin_dir: Path
+) -> None:
+    await kubelet.stop()
+    assert await status_within(plugin_process, "/readyz", 503) == 503
+    returned = KubeletEmulator(plugin_dir)
+    await returned.start()
+    try:
+        await returned.wait_for_registrations(1)
+        assert await status_within(plugin_process, "/readyz", 200) == 200
+    finally:
+        await returned.stop()
 
 
 async def test_process_exposes_registration_in_metrics(plugin_process: PluginProcess) -> None:

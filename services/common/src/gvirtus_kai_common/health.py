@@ -1,6 +1,6 @@
-"""A tiny asyncio HTTP server for ``/healthz`` and ``/metrics``.
+"""A tiny asyncio HTTP server for ``/healthz``, ``/readyz`` and ``/metrics``.
 
-The labeler and the device plugin are not web services; pulling in a web framework only for two
+The labeler and the device plugin are not web services; pulling in a web framework only for three
 read-only endpoints would cost memory and start-up time, so this speaks just enough HTTP/1.1.
 """
 
@@ -18,7 +18,12 @@ HealthCheck = Callable[[], bool]
 
 
 class HealthServer:
-    """Serves ``GET /healthz`` (200 when ``is_healthy()``, else 503) and ``GET /metrics``."""
+    """Serves ``GET /healthz``, ``GET /readyz`` and ``GET /metrics``.
+
+    ``/healthz`` (liveness) is 200 when ``is_healthy()``, else 503; ``/readyz`` (readiness) the
+    same for ``is_ready()``, which defaults to the health check: a process that can be alive but
+    not yet useful, like a device plugin the kubelet has not accepted, passes both separately.
+    """
 
     def __init__(
         self,
@@ -26,10 +31,13 @@ class HealthServer:
         port: int,
         is_healthy: HealthCheck = lambda: True,
         registry: Registry | None = None,
+        *,
+        is_ready: HealthCheck | None = None,
     ) -> None:
         self._host = host
         self._port = port
         self._is_healthy = is_healthy
+        self._is_ready = is_ready if is_ready is not None else is_healthy
         self._registry = registry if registry is not None else Registry()
         self._server: asyncio.Server | None = None
 
@@ -79,6 +87,10 @@ class HealthServer:
             if self._is_healthy():
                 return "200 OK", "text/plain", b"ok\n"
             return "503 Service Unavailable", "text/plain", b"unhealthy\n"
+        if path == "/readyz":
+            if self._is_ready():
+                return "200 OK", "text/plain", b"ready\n"
+            return "503 Service Unavailable", "text/plain", b"not ready\n"
         if path == "/metrics":
             return "200 OK", CONTENT_TYPE, self._registry.exposition()
         return "404 Not Found", "text/plain", b"not found\n"

@@ -42,8 +42,14 @@ async def serve(settings: Settings) -> None:
     registry = Registry()
     plugin = DevicePlugin(settings, registry)
     # Outside the restart loop: a kubelet restart must not take the probe endpoint down.
+    # Alive while the control loop runs; ready only while the kubelet holds our registration,
+    # so a rollout waits for each node's plugin to be registered.
     health = HealthServer(
-        settings.health_host, settings.health_port, lambda: plugin.running, registry
+        settings.health_host,
+        settings.health_port,
+        lambda: plugin.running,
+        registry,
+        is_ready=lambda: plugin.registered,
     )
     await health.start()
     try:

@@ -58,6 +58,8 @@ class DevicePlugin:
         self.metrics = Metrics(registry if registry is not None else Registry())
         self.metrics.devices.set(settings.device_count)
         self.running = False
+        # True while the kubelet holds our registration: what /readyz reports.
+        self.registered = False
         self._server: Any = None  # grpc.aio.Server (grpc ships no type hints)
         self._service: DevicePluginService | None = None
         self._backoff = Backoff(initial=0.2, maximum=10.0)
@@ -80,7 +82,7 @@ class DevicePlugin:
                 await cycles
         finally:
             self.running = False
-            self.metrics.registered.set(0)
+            self._set_registered(False)
             await self._stop_server()
             files.remove_quietly(self.settings.cdi_spec_path)
             log.info("stopped; socket and CDI spec removed")
@@ -109,7 +111,7 @@ class DevicePlugin:
             reason = await self._watch(stop, registered_with)
             if reason is not None:
                 log.info("serving and registering again", extra={"reason": reason})
-        self.metrics.registered.set(0)
+        self._set_registered(False)
         await self._stop_server()
 
     async def _start_server(self) -> None:
@@ -177,7 +179,7 @@ class DevicePlugin:
                 continue
             self._backoff.reset()
             self.metrics.registrations.inc()
-            self.metrics.registered.set(1)
+            self._set_registered(True)
             log.info(
                 "registered with the kubelet",
                 extra={
@@ -202,8 +204,13 @@ class DevicePlugin:
                 return
             await _sleep_unless(stop, min(POLL_SECONDS, max(0.0, deadline - loop.time())))
 
+    def _set_registered(self, registered: bool) -> None:
+        self.registered = registered
+        self.metrics.registered.set(1 if registered else 0)
+
     async def _watch(self, stop: asyncio.Event, registered_with: FileIdentity | None) -> str | None:
         """Wait until something forces a new registration; returns why (None: stopping)."""
+        kubelet_gone = False
         while not stop.is_set():
             await _sleep_unless(stop, POLL_SECONDS)
             if stop.is_set():
@@ -211,7 +218,14 @@ class DevicePlugin:
             if not self.settings.socket_path.exists():
                 return "our socket was removed"
             current = identity(self.settings.kubelet_socket)
-            if current is not None and current != registered_with:
+            if current is None:
+                if not kubelet_gone:
+                    # The kubelet that held our registration is gone: not ready until the next
+                    # one accepts us (its new socket, whatever its inode, ends this watch).
+                    log.info("kubelet.sock disappeared; waiting for the kubelet to come back")
+                    self._set_registered(False)
+                    kubelet_gone = True
+            elif kubelet_gone or current != registered_with:
                 return "kubelet.sock was re-created (kubelet restart)"
         return None
 
