@@ -197,3 +197,24 @@ def test_a_first_install_asks_for_the_secret_and_generates_certificates(
     data = manifests.one("Secret", "webhook")["data"]
     hook = manifests.one("MutatingWebhookConfiguration")["webhooks"][0]
     assert hook["clientConfig"]["caBundle"] == data["ca.crt"]
+
+
+def test_the_first_upgrade_keeps_the_checksum_of_the_install(
+    api_server: _ApiServer, tmp_path: Path
+) -> None:
+    # Install: nothing to look up, so certificates are generated and the Secret is created.
+    installed = _render_against(api_server, tmp_path)
+    secret = installed.one("Secret", "webhook")
+    api_server.objects[SECRET_PATH] = _existing_secret(
+        {key: base64.b64decode(value) for key, value in secret["data"].items()}
+    )
+
+    upgraded = _render_against(api_server, tmp_path)
+
+    def checksum(manifests: Manifests) -> str:
+        deployment = manifests.one("Deployment", "webhook")
+        value: str = deployment["spec"]["template"]["metadata"]["annotations"]["checksum/tls"]
+        return value
+
+    assert upgraded.one("Secret", "webhook")["data"] == secret["data"]
+    assert checksum(upgraded) == checksum(installed)
