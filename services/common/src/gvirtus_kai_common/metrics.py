@@ -18,7 +18,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Iterator, Mapping, Sequence
-from typing import ClassVar
+from typing import ClassVar, Generic, TypeVar
 
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
@@ -47,9 +47,9 @@ class Registry:
     """The metrics of one process (or one test): what ``/metrics`` shows, in creation order."""
 
     def __init__(self) -> None:
-        self._metrics: dict[str, _Metric] = {}
+        self._metrics: dict[str, _Metric[_Series]] = {}
 
-    def register(self, metric: _Metric) -> None:
+    def register(self, metric: _Metric[_Series]) -> None:
         if metric.name in self._metrics:
             raise ValueError(f"a metric named {metric.name!r} is already registered")
         self._metrics[metric.name] = metric
@@ -121,9 +121,15 @@ class GaugeSeries(_Series):
         self._values[self._key] -= amount
 
 
-class _Metric:
+# Covariant so that the registry can hold a Counter and a Gauge as _Metric[_Series].
+_SeriesT = TypeVar("_SeriesT", bound=_Series, covariant=True)
+
+
+class _Metric(Generic[_SeriesT]):
     kind: ClassVar[str]
     suffix: ClassVar[str] = ""
+    # The series class of this kind of metric (set by each subclass).
+    _series_type: type[_SeriesT]
 
     def __init__(
         self,
@@ -147,7 +153,12 @@ class _Metric:
         # Label combination -> value. An unlabelled metric has its one series from the start; a
         # labelled one gets each series on first use (as in prometheus_client).
         self._values: dict[tuple[str, ...], float] = {}
+        self._series = None if self._labelnames else self._series_type(self.name, self._values, ())
         registry.register(self)
+
+    def labels(self, *values: str, **by_name: str) -> _SeriesT:
+        """The series with these label values, by position or by name (not both)."""
+        return self._series_type(self.name, self._values, self._key(values, by_name))
 
     def _key(self, values: tuple[str, ...], by_name: dict[str, str]) -> tuple[str, ...]:
         if not self._labelnames:
@@ -162,70 +173,34 @@ class _Metric:
             raise ValueError(f"{self.name} needs {len(self._labelnames)} label values")
         return tuple(str(value) for value in values)
 
-    def _labelled_error(self) -> ValueError:
-        return ValueError(f"{self.name} has labels: pick a series with .labels(...) first")
+    def _unlabelled(self) -> _SeriesT:
+        if self._series is None:
+            raise ValueError(f"{self.name} has labels: pick a series with .labels(...) first")
+        return self._series
+
+    @property
+    def value(self) -> float:
+        return self._unlabelled().value
 
     def samples(self) -> Iterator[tuple[str, dict[str, str], float]]:
         for key, value in self._values.items():
             yield self.exposed_name, dict(zip(self._labelnames, key, strict=True)), value
 
 
-class Counter(_Metric):
+class Counter(_Metric[CounterSeries]):
     """Only goes up; exposed as ``<name>_total`` (a given ``_total`` suffix is not doubled)."""
 
     kind = "counter"
     suffix = "_total"
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        registry: Registry,
-    ) -> None:
-        super().__init__(name, documentation, labelnames, registry=registry)
-        self._series = None if self._labelnames else CounterSeries(self.name, self._values, ())
-
-    def labels(self, *values: str, **by_name: str) -> CounterSeries:
-        """The series with these label values, by position or by name (not both)."""
-        return CounterSeries(self.name, self._values, self._key(values, by_name))
-
-    def _unlabelled(self) -> CounterSeries:
-        if self._series is None:
-            raise self._labelled_error()
-        return self._series
+    _series_type = CounterSeries
 
     def inc(self, amount: float = 1.0) -> None:
         self._unlabelled().inc(amount)
 
-    @property
-    def value(self) -> float:
-        return self._unlabelled().value
 
-
-class Gauge(_Metric):
+class Gauge(_Metric[GaugeSeries]):
     kind = "gauge"
-
-    def __init__(
-        self,
-        name: str,
-        documentation: str,
-        labelnames: Sequence[str] = (),
-        *,
-        registry: Registry,
-    ) -> None:
-        super().__init__(name, documentation, labelnames, registry=registry)
-        self._series = None if self._labelnames else GaugeSeries(self.name, self._values, ())
-
-    def labels(self, *values: str, **by_name: str) -> GaugeSeries:
-        """The series with these label values, by position or by name (not both)."""
-        return GaugeSeries(self.name, self._values, self._key(values, by_name))
-
-    def _unlabelled(self) -> GaugeSeries:
-        if self._series is None:
-            raise self._labelled_error()
-        return self._series
+    _series_type = GaugeSeries
 
     def set(self, value: float) -> None:
         self._unlabelled().set(value)
@@ -235,7 +210,3 @@ class Gauge(_Metric):
 
     def dec(self, amount: float = 1.0) -> None:
         self._unlabelled().dec(amount)
-
-    @property
-    def value(self) -> float:
-        return self._unlabelled().value
