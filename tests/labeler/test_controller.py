@@ -30,6 +30,16 @@ async def has_labels(kube_api: FakeKubeApi, node: str, expected: dict[str, str])
     )
 
 
+async def running_on_a_labelled_node(kube_api: FakeKubeApi, start_labeler: StartLabeler) -> Labeler:
+    """A labeler that has labelled node n1 and now watches it: where the tests of a running
+    labeler start."""
+    kube_api.add_node("n1")
+    labeler = await start_labeler()
+    await has_labels(kube_api, "n1", DEFAULTS)
+    await watching(kube_api)
+    return labeler
+
+
 def patches(kube_api: FakeKubeApi, node: str = "n1") -> list[RecordedRequest]:
     return kube_api.requests_to("PATCH", f"{NODE}/{node}")
 
@@ -140,10 +150,7 @@ async def test_a_node_registering_after_start_is_labelled(
 async def test_a_deleted_label_is_restored_from_the_watch_event_without_listing_again(
     kube_api: FakeKubeApi, start_labeler: StartLabeler
 ) -> None:
-    kube_api.add_node("n1")
-    await start_labeler()
-    await has_labels(kube_api, "n1", DEFAULTS)
-    await watching(kube_api)
+    await running_on_a_labelled_node(kube_api, start_labeler)
 
     removed = kube_api.remove_label("n1", FRONTEND)
     # The restore target is 1 s (bench/labeler.py measures it); this bound only stops a hang.
@@ -217,10 +224,7 @@ async def test_server_errors_are_retried_until_the_label_is_written(
 async def test_a_failed_restore_is_retried_from_the_same_watch_event(
     kube_api: FakeKubeApi, start_labeler: StartLabeler
 ) -> None:
-    kube_api.add_node("n1")
-    await start_labeler()
-    await has_labels(kube_api, "n1", DEFAULTS)
-    await watching(kube_api)
+    await running_on_a_labelled_node(kube_api, start_labeler)
     kube_api.fail_next(2, 503, method="PATCH")
 
     kube_api.remove_label("n1", FRONTEND)
@@ -232,10 +236,7 @@ async def test_a_failed_restore_is_retried_from_the_same_watch_event(
 async def test_the_api_going_down_and_coming_back_is_survived(
     kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: Registry
 ) -> None:
-    kube_api.add_node("n1")
-    labeler = await start_labeler()
-    await has_labels(kube_api, "n1", DEFAULTS)
-    await watching(kube_api)
+    labeler = await running_on_a_labelled_node(kube_api, start_labeler)
 
     await kube_api.stop()
     kube_api.remove_label("n1", FRONTEND)  # changed while the labeler cannot see it
@@ -251,10 +252,7 @@ async def test_the_api_going_down_and_coming_back_is_survived(
 async def test_a_dropped_watch_resumes_from_the_last_seen_version(
     kube_api: FakeKubeApi, start_labeler: StartLabeler
 ) -> None:
-    kube_api.add_node("n1")
-    await start_labeler()
-    await has_labels(kube_api, "n1", DEFAULTS)
-    await watching(kube_api)
+    await running_on_a_labelled_node(kube_api, start_labeler)
     seen = kube_api.resource_version
 
     kube_api.drop_watches()
@@ -269,10 +267,7 @@ async def test_a_dropped_watch_resumes_from_the_last_seen_version(
 async def test_an_error_event_inside_the_watch_is_retried_from_the_last_version(
     kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: Registry
 ) -> None:
-    kube_api.add_node("n1")
-    await start_labeler()
-    await has_labels(kube_api, "n1", DEFAULTS)
-    await watching(kube_api)
+    await running_on_a_labelled_node(kube_api, start_labeler)
 
     kube_api.inject_watch_event({"type": "ERROR", "object": status_object(500, "etcd hiccup")})
     await kube_api.wait_until(lambda: len(watches(kube_api)) == 2, within=WAIT)
@@ -286,10 +281,7 @@ async def test_an_error_event_inside_the_watch_is_retried_from_the_last_version(
 async def test_an_expired_watch_lists_again_and_resumes(
     kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: Registry
 ) -> None:
-    kube_api.add_node("n1")
-    await start_labeler()
-    await has_labels(kube_api, "n1", DEFAULTS)
-    await watching(kube_api)
+    await running_on_a_labelled_node(kube_api, start_labeler)
 
     kube_api.expire_history()
     await kube_api.wait_until(lambda: len(lists(kube_api)) == 2, within=WAIT)
@@ -304,10 +296,7 @@ async def test_an_expired_watch_lists_again_and_resumes(
 async def test_changes_missed_beyond_the_history_window_are_caught_by_listing_again(
     kube_api: FakeKubeApi, start_labeler: StartLabeler
 ) -> None:
-    kube_api.add_node("n1")
-    await start_labeler()
-    await has_labels(kube_api, "n1", DEFAULTS)
-    await watching(kube_api)
+    await running_on_a_labelled_node(kube_api, start_labeler)
 
     await kube_api.stop()
     kube_api.remove_label("n1", FRONTEND)
