@@ -54,10 +54,8 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 async def kubelet(plugin_dir: Path) -> AsyncIterator[KubeletEmulator]:
-    emulator = KubeletEmulator(plugin_dir)
-    await emulator.start()
-    yield emulator
-    await emulator.stop()
+    async with KubeletEmulator(plugin_dir) as emulator:
+        yield emulator
 
 
 class RunningPlugin:

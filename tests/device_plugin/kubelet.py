@@ -14,7 +14,7 @@ import contextlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 import grpc
 from gvirtus_kai_device_plugin.api import API_VERSION, api_pb2, api_pb2_grpc
@@ -56,6 +56,13 @@ class KubeletEmulator:
         self._server.add_insecure_port(f"unix://{self.socket}")
         await self._server.start()
         self.socket_created_at = time.monotonic()
+
+    async def __aenter__(self) -> Self:
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.stop()
 
     async def stop(self) -> None:
         """Stop like a kubelet going down: close the server and remove kubelet.sock."""

@@ -152,27 +152,19 @@ async def test_registers_again_within_a_second_of_a_kubelet_restart(
     registered_plugin: RunningPlugin, kubelet: KubeletEmulator, plugin_dir: Path
 ) -> None:
     await kubelet.stop()
-    restarted = KubeletEmulator(plugin_dir)
-    await restarted.start()
-    try:
+    async with KubeletEmulator(plugin_dir) as restarted:
         await restarted.wait_for_registrations(1)
         delay = restarted.registrations[0].received_at - restarted.socket_created_at
         assert delay < REREGISTER_SECONDS
-    finally:
-        await restarted.stop()
 
 
 async def test_serves_the_restarted_kubelet_a_device_list(
     registered_plugin: RunningPlugin, kubelet: KubeletEmulator, plugin_dir: Path
 ) -> None:
     await kubelet.stop()
-    restarted = KubeletEmulator(plugin_dir)
-    await restarted.start()
-    try:
+    async with KubeletEmulator(plugin_dir) as restarted:
         await restarted.wait_for_device_lists(1)
         assert len(restarted.device_lists[0]) == 4
-    finally:
-        await restarted.stop()
 
 
 async def test_logs_why_it_registers_again(
@@ -203,26 +195,18 @@ async def test_waits_for_a_kubelet_that_is_not_there_yet(
 ) -> None:
     start_plugin(settings)
     await asyncio.sleep(0.5)  # a few failed attempts against a missing kubelet.sock
-    late = KubeletEmulator(plugin_dir)
-    await late.start()
-    try:
+    async with KubeletEmulator(plugin_dir) as late:
         await late.wait_for_registrations(1)
         assert late.registrations[0].received_at - late.socket_created_at < REREGISTER_SECONDS
-    finally:
-        await late.stop()
 
 
 async def test_retries_a_kubelet_that_refuses_registration(
     settings: Settings, plugin_dir: Path, start_plugin: Callable[[Settings], RunningPlugin]
 ) -> None:
-    refusing = KubeletEmulator(plugin_dir, refusals=2)
-    await refusing.start()
-    try:
+    async with KubeletEmulator(plugin_dir, refusals=2) as refusing:
         start_plugin(settings)
         await refusing.wait_for_registrations(1)
         assert len(refusing.refused) == 2
-    finally:
-        await refusing.stop()
 
 
 async def test_logs_the_kubelets_refusal(
@@ -231,47 +215,35 @@ async def test_logs_the_kubelets_refusal(
     start_plugin: Callable[[Settings], RunningPlugin],
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    refusing = KubeletEmulator(plugin_dir, refusals=1)
-    await refusing.start()
-    try:
+    async with KubeletEmulator(plugin_dir, refusals=1) as refusing:
         with caplog.at_level(logging.WARNING, logger="gvirtus_kai_device_plugin"):
             start_plugin(settings)
             await refusing.wait_for_registrations(1)
         errors = [getattr(r, "error", "") for r in caplog.records if r.levelno == logging.WARNING]
         assert errors == ["UNAVAILABLE: emulated kubelet refuses for now"]
-    finally:
-        await refusing.stop()
 
 
 async def test_backs_off_between_refused_registrations(
     settings: Settings, plugin_dir: Path, start_plugin: Callable[[Settings], RunningPlugin]
 ) -> None:
-    refusing = KubeletEmulator(plugin_dir, refusals=1000)
-    await refusing.start()
-    try:
+    async with KubeletEmulator(plugin_dir, refusals=1000) as refusing:
         start_plugin(settings)
         await asyncio.sleep(2.0)
         # Without backoff a 2 s window holds hundreds of attempts (each takes milliseconds).
         # With it (ceiling 0.2 s doubling, full jitter) about 5 are expected; 12 would need seven
         # consecutive near-zero draws under ceilings of 3.2 s and more: not going to happen.
         assert 2 <= len(refusing.refused) <= 12
-    finally:
-        await refusing.stop()
 
 
 async def test_stop_cuts_short_a_registration_the_kubelet_never_answers(
     settings: Settings, plugin_dir: Path, start_plugin: Callable[[Settings], RunningPlugin]
 ) -> None:
-    wedged = KubeletEmulator(plugin_dir, unresponsive=True)
-    await wedged.start()
-    try:
+    async with KubeletEmulator(plugin_dir, unresponsive=True) as wedged:
         running = start_plugin(settings)
         await wedged.wait_for(lambda: len(wedged.refused) == 1)
         # The registration RPC would only time out after 5 s; a stop must not wait for that.
         await asyncio.wait_for(running.stop(), timeout=2.0)
         assert (running.task.done(), settings.socket_path.exists()) == (True, False)
-    finally:
-        await wedged.stop()
 
 
 async def test_clean_stop_removes_socket_and_cdi_spec(

@@ -122,13 +122,9 @@ async def test_readyz_is_503_while_no_kubelet_has_accepted_it(
 async def test_readyz_turns_200_when_a_kubelet_accepts_the_registration(
     plugin_without_kubelet: PluginProcess, plugin_dir: Path
 ) -> None:
-    kubelet = KubeletEmulator(plugin_dir)
-    await kubelet.start()
-    try:
+    async with KubeletEmulator(plugin_dir) as kubelet:
         await kubelet.wait_for_registrations(1)
         assert await status_within(plugin_without_kubelet, "/readyz", 200) == 200
-    finally:
-        await kubelet.stop()
 
 
 async def test_readyz_is_503_once_kubelet_sock_disappears(
@@ -144,13 +140,9 @@ async def test_readyz_is_200_again_once_the_returning_kubelet_accepts_it(
 ) -> None:
     await kubelet.stop()
     assert await status_within(plugin_process, "/readyz", 503) == 503
-    returned = KubeletEmulator(plugin_dir)
-    await returned.start()
-    try:
+    async with KubeletEmulator(plugin_dir) as returned:
         await returned.wait_for_registrations(1)
         assert await status_within(plugin_process, "/readyz", 200) == 200
-    finally:
-        await returned.stop()
 
 
 async def test_process_exposes_registration_in_metrics(plugin_process: PluginProcess) -> None:
@@ -172,15 +164,11 @@ async def test_health_endpoint_survives_a_kubelet_restart(
     plugin_process: PluginProcess, kubelet: KubeletEmulator, plugin_dir: Path
 ) -> None:
     await kubelet.stop()
-    restarted = KubeletEmulator(plugin_dir)
-    await restarted.start()
-    try:
+    async with KubeletEmulator(plugin_dir) as restarted:
         await restarted.wait_for_registrations(1)
         async with httpx.AsyncClient(timeout=WAIT_SECONDS) as client:
             response = await client.get(f"{plugin_process.health_url}/healthz")
         assert response.status_code == 200
-    finally:
-        await restarted.stop()
 
 
 async def test_sigterm_exits_zero_within_a_second(plugin_process: PluginProcess) -> None:
