@@ -8,10 +8,8 @@ code. Only the nameserver is replaced, by a loopback DNS server answering the re
 from __future__ import annotations
 
 import base64
-import importlib.util
 import json
 from collections.abc import Iterator
-from types import ModuleType
 from typing import Any
 
 import jsonpatch
@@ -24,22 +22,13 @@ from gvirtus_kai_webhook.settings import Settings
 
 from tests.chart.conftest import CHART, SCENARIOS, container, env_of, load_values, render
 from tests.dnsserver import LoopbackDnsServer
+from tests.scriptmodule import load_script
 
 BACKEND_ADDRESS = "10.96.7.9"
 
 
-def _check_script() -> ModuleType:
-    # files/webhook-check.py is the helm test pod's program; load it as the module it is.
-    path = CHART / "files" / "webhook-check.py"
-    spec = importlib.util.spec_from_file_location("webhook_check", path)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-CHECK = _check_script()
+# files/webhook-check.py is the helm test pod's program; load it as the module it is.
+CHECK = load_script(CHART / "files" / "webhook-check.py", "webhook_check")
 
 
 @pytest.fixture(scope="module")

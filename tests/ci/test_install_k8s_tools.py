@@ -2,25 +2,16 @@
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
-from types import ModuleType
 
 import pytest
+
+from tests.scriptmodule import load_script
 
 SCRIPT = Path(__file__).resolve().parents[2] / "ci" / "install_k8s_tools.py"
 
 
-def _load() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("install_k8s_tools", SCRIPT)
-    assert spec is not None
-    assert spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-TOOLS = _load()
+TOOLS = load_script(SCRIPT, "install_k8s_tools")
 
 
 @pytest.mark.parametrize("machine", ["x86_64", "AMD64"])
