@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import os
 import socket
-import subprocess
 from collections.abc import Iterator
 
 import httpx
@@ -13,7 +11,7 @@ import trustme
 from gvirtus_kai_webhook.server import ListenError, listening_sockets
 
 from tests.tlsfiles import VERIFIED_NAME, SecretVolume, client_context
-from tests.webhookproc import WebhookProcess, start_webhook, webhook_command
+from tests.webhookproc import WebhookProcess, run_webhook_to_exit, start_webhook
 
 BACKLOG = 16
 
@@ -126,15 +124,13 @@ def test_ipv6_any_on_a_taken_port_exits_1_naming_the_address(
 ) -> None:
     with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as taken:
         port = taken.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
-        env |= {
-            "GVIRTUS_KAI_LISTEN_HOST": "::",
-            "GVIRTUS_KAI_LISTEN_PORT": str(port),
-            "GVIRTUS_KAI_TLS_CERT_FILE": str(secret_volume.cert_file),
-            "GVIRTUS_KAI_TLS_KEY_FILE": str(secret_volume.key_file),
-        }
-        done = subprocess.run(
-            webhook_command(), env=env, capture_output=True, text=True, timeout=60
+        done = run_webhook_to_exit(
+            {
+                "LISTEN_HOST": "::",
+                "LISTEN_PORT": str(port),
+                "TLS_CERT_FILE": str(secret_volume.cert_file),
+                "TLS_KEY_FILE": str(secret_volume.key_file),
+            }
         )
     assert done.returncode == 1
     assert f"cannot listen on [::]:{port}" in done.stderr

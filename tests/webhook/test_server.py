@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import json
-import os
 import signal
 import socket
 import ssl
-import subprocess
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -31,8 +29,8 @@ from tests.webhookproc import (
     BACKEND_HOST,
     WebhookProcess,
     api_server_client,
+    run_webhook_to_exit,
     start_webhook,
-    webhook_command,
 )
 
 
@@ -206,19 +204,19 @@ def test_review_in_flight_at_sigterm_is_still_answered(
 
 
 def test_invalid_setting_exits_2_naming_the_variable() -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
-    env["GVIRTUS_KAI_LISTEN_PORT"] = "99999"
-    done = subprocess.run(webhook_command(), env=env, capture_output=True, text=True, timeout=60)
+    done = run_webhook_to_exit({"LISTEN_PORT": "99999"})
     assert done.returncode == 2
     assert "GVIRTUS_KAI_LISTEN_PORT" in done.stderr
     assert "Traceback" not in done.stderr
 
 
 def test_missing_certificate_exits_1_naming_the_file(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
-    env["GVIRTUS_KAI_TLS_CERT_FILE"] = str(tmp_path / "absent.crt")
-    env["GVIRTUS_KAI_TLS_KEY_FILE"] = str(tmp_path / "absent.key")
-    done = subprocess.run(webhook_command(), env=env, capture_output=True, text=True, timeout=60)
+    done = run_webhook_to_exit(
+        {
+            "TLS_CERT_FILE": str(tmp_path / "absent.crt"),
+            "TLS_KEY_FILE": str(tmp_path / "absent.key"),
+        }
+    )
     assert done.returncode == 1
     assert "absent.crt" in done.stderr
     assert "Traceback" not in done.stderr
@@ -236,15 +234,13 @@ def test_port_in_use_exits_non_zero_naming_the_address(secret_volume: SecretVolu
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
-        env |= {
-            "GVIRTUS_KAI_LISTEN_HOST": "127.0.0.1",
-            "GVIRTUS_KAI_LISTEN_PORT": str(port),
-            "GVIRTUS_KAI_TLS_CERT_FILE": str(secret_volume.cert_file),
-            "GVIRTUS_KAI_TLS_KEY_FILE": str(secret_volume.key_file),
-        }
-        done = subprocess.run(
-            webhook_command(), env=env, capture_output=True, text=True, timeout=60
+        done = run_webhook_to_exit(
+            {
+                "LISTEN_HOST": "127.0.0.1",
+                "LISTEN_PORT": str(port),
+                "TLS_CERT_FILE": str(secret_volume.cert_file),
+                "TLS_KEY_FILE": str(secret_volume.key_file),
+            }
         )
     assert done.returncode != 0
     assert f"('127.0.0.1', {port})" in done.stderr
