@@ -55,21 +55,24 @@ def _rendered_webhook(
     return settings, review
 
 
-async def _answer(settings: Settings, review: dict[str, Any]) -> dict[str, Any]:
+async def _review_and_answer(
+    scenario: str, dns_server: LoopbackDnsServer, monkeypatch: pytest.MonkeyPatch
+) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The scenario's helm test review and the rendered webhook's ``response`` to it."""
+    settings, review = _rendered_webhook(scenario, dns_server, monkeypatch)
     metrics = WebhookMetrics()
     reviewer = AdmissionReviewer(settings, BackendResolver(settings, metrics), metrics)
     reply = await reviewer.review(json.dumps(review).encode())
     assert reply.status == 200
     response: dict[str, Any] = json.loads(reply.body)["response"]
-    return response
+    return review, response
 
 
 @pytest.mark.parametrize("scenario", SCENARIOS)
 async def test_rendered_webhook_mutates_the_helm_test_review(
     scenario: str, dns_server: LoopbackDnsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings, review = _rendered_webhook(scenario, dns_server, monkeypatch)
-    response = await _answer(settings, review)
+    _, response = await _review_and_answer(scenario, dns_server, monkeypatch)
     assert response["allowed"] is True, response.get("status")
     assert response.get("patchType") == "JSONPatch"
     patch = json.loads(base64.b64decode(response["patch"]))
@@ -82,8 +85,7 @@ async def test_rendered_webhook_targets_the_gpu_resource_the_helm_test_pod_reque
     scenario: str, dns_server: LoopbackDnsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The webhook warns when no target container declares its GPU resource.
-    settings, review = _rendered_webhook(scenario, dns_server, monkeypatch)
-    response = await _answer(settings, review)
+    _, response = await _review_and_answer(scenario, dns_server, monkeypatch)
     assert response["allowed"] is True, response.get("status")
     assert "warnings" not in response
 
@@ -92,8 +94,7 @@ async def test_rendered_webhook_targets_the_gpu_resource_the_helm_test_pod_reque
 async def test_rendered_webhook_sends_the_pod_to_the_rendered_frontend_nodes(
     scenario: str, dns_server: LoopbackDnsServer, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    settings, review = _rendered_webhook(scenario, dns_server, monkeypatch)
-    response = await _answer(settings, review)
+    review, response = await _review_and_answer(scenario, dns_server, monkeypatch)
     assert "patch" in response, response
     pod = jsonpatch.apply_patch(review["request"]["object"], base64.b64decode(response["patch"]))
     assert pod["spec"]["nodeSelector"] == {_frontend_label_key(scenario): "true"}
