@@ -38,12 +38,18 @@ class AdmissionReview(_Lenient):
     request: AdmissionRequest
 
 
-class Status(BaseModel):
+class _Strict(BaseModel):
+    """What we send: an unknown field here is a bug of ours, so validating our output fails."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+class Status(_Strict):
     code: int
     message: str
 
 
-class AdmissionResponse(BaseModel):
+class AdmissionResponse(_Strict):
     uid: str
     allowed: bool
     patchType: Literal["JSONPatch"] | None = None
@@ -52,7 +58,7 @@ class AdmissionResponse(BaseModel):
     status: Status | None = None
 
 
-class AdmissionReviewResponse(BaseModel):
+class AdmissionReviewResponse(_Strict):
     apiVersion: str
     kind: Literal["AdmissionReview"] = "AdmissionReview"
     response: AdmissionResponse
