@@ -13,10 +13,9 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
+from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION, frontend_config
 from gvirtus_kai_webhook.mutation import (
     CONFIG_ENV,
-    PROPERTIES_ANNOTATION,
-    frontend_config,
     is_sed_wrapped,
 )
 from gvirtus_kai_webhook.settings import Settings
@@ -86,7 +85,9 @@ def test_every_workload_kind_gets_its_pod_template_mutated() -> None:
     for document in documents:
         for site in pod_sites(document):
             annotation = site.pod["metadata"]["annotations"][PROPERTIES_ANNOTATION]
-            assert json.loads(annotation) == frontend_config(Settings(), BACKEND_IP)
+            assert json.loads(annotation) == frontend_config(
+                BACKEND_IP, Settings().backend_port, Settings().plugins
+            )
             assert site.pod["spec"]["nodeSelector"]["gvirtus.io/frontend.allowed"] == "true"
             mutated_kinds.append(site.kind)
     assert mutated_kinds == MUTATED_KINDS

@@ -6,12 +6,11 @@ import json
 from typing import Any
 
 import pytest
+from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION, frontend_config
 from gvirtus_kai_webhook.mutation import (
     CONFIG_ENV,
-    PROPERTIES_ANNOTATION,
     PROPERTIES_VOLUME,
     MutationDenied,
-    frontend_config,
     is_enabled,
     mutate_pod,
 )
@@ -80,24 +79,6 @@ def test_is_enabled_follows_the_configured_enable_label() -> None:
     assert not is_enabled({"metadata": {"labels": {"gvirtus.io/enabled": "true"}}}, settings)
 
 
-def test_frontend_config_is_one_tcp_communicator_with_string_port_and_plugins() -> None:
-    settings = Settings(backend_port=34567, plugins="cudart,cublas")
-    assert frontend_config(settings, "10.96.0.42") == {
-        "communicator": [
-            {
-                "endpoint": {
-                    "suite": "tcp/ip",
-                    "protocol": "tcp",
-                    "server_address": "10.96.0.42",
-                    "port": "34567",
-                },
-                "plugins": ["cudart", "cublas"],
-            }
-        ],
-        "secure_application": False,
-    }
-
-
 def test_backend_address_that_is_not_an_ip_is_a_caller_error() -> None:
     with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
         mutate_pod(pod(), SETTINGS, "gvirtus-backend.gvirtus-system")
@@ -126,7 +107,9 @@ def test_mutating_the_output_again_yields_an_empty_patch(name: str, settings: Se
 
 def test_mount_annotation_holds_the_frontend_config_as_compact_json() -> None:
     annotation = mutated(pod())["metadata"]["annotations"][PROPERTIES_ANNOTATION]
-    assert json.loads(annotation) == frontend_config(SETTINGS, BACKEND_IP)
+    assert json.loads(annotation) == frontend_config(
+        BACKEND_IP, SETTINGS.backend_port, SETTINGS.plugins
+    )
     assert " " not in annotation
 
 
@@ -366,7 +349,9 @@ def test_stale_address_and_port_replace_only_the_annotation() -> None:
     assert [(op["op"], op["path"]) for op in patch] == [
         ("replace", "/metadata/annotations/gvirtus.io~1properties")
     ]
-    assert json.loads(patch[0]["value"]) == frontend_config(SETTINGS, BACKEND_IP)
+    assert json.loads(patch[0]["value"]) == frontend_config(
+        BACKEND_IP, SETTINGS.backend_port, SETTINGS.plugins
+    )
 
 
 def test_a_changed_home_replaces_the_mount_and_env_in_place() -> None:

@@ -6,12 +6,11 @@ import copy
 import json
 from typing import Any
 
+from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION, frontend_config
 from gvirtus_kai_webhook.mutation import (
     CONFIG_ENV,
-    PROPERTIES_ANNOTATION,
     PROPERTIES_VOLUME,
     MutationDenied,
-    frontend_config,
     is_sed_wrapped,
     mutate_pod,
 )
@@ -143,7 +142,9 @@ def test_generated_pods_are_mutated_into_valid_idempotent_pods(
             assert PROPERTIES_VOLUME not in mounts.values()
     if strategy == "mount":
         annotation = after["metadata"]["annotations"][PROPERTIES_ANNOTATION]
-        assert json.loads(annotation) == frontend_config(config, BACKEND_IP)
+        assert json.loads(annotation) == frontend_config(
+            BACKEND_IP, config.backend_port, config.plugins
+        )
     assert after["spec"]["nodeSelector"] == {
         **(original["spec"].get("nodeSelector") or {}),
         "gvirtus.io/frontend.allowed": "true",

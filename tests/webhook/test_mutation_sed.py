@@ -12,9 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION
 from gvirtus_kai_webhook.mutation import (
     CONFIG_ENV,
-    PROPERTIES_ANNOTATION,
     PROPERTIES_VOLUME,
     SED_MARKER,
     MutationDenied,

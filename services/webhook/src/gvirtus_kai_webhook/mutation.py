@@ -2,7 +2,6 @@
 
 CONTRACT (owned by the mutation work; the server codes against it):
 - ``is_enabled(pod, settings)``: the pod carries ``<settings.enable_label>: "true"``.
-- ``frontend_config(settings, backend_address)``: the GVirtuS properties.json document (dict).
 - ``mutate_pod(pod, settings, backend_address)``: the JSON Patch and warnings for one pod dict,
   raising ``MutationDenied`` with a user-facing message when the pod cannot be mutated.
 
@@ -15,13 +14,14 @@ webhook may have filled (volumes, volumeMounts, env) are never replaced as a who
 from __future__ import annotations
 
 import ipaddress
-import json
 import posixpath
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple, TypeGuard
+
+from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION, properties_json
 
 from .models import (
     AddOperation,
@@ -35,7 +35,6 @@ from .settings import STRATEGIES, Settings
 STRATEGY_ANNOTATION = "gvirtus.io/strategy"
 HOME_ANNOTATION = "gvirtus.io/home"
 CONTAINERS_ANNOTATION = "gvirtus.io/containers"
-PROPERTIES_ANNOTATION = "gvirtus.io/properties"
 
 PROPERTIES_VOLUME = "gvirtus-properties"
 PROPERTIES_FILE = "properties.json"
@@ -69,24 +68,6 @@ def is_enabled(pod: Mapping[str, Any], settings: Settings) -> bool:
     return labels.get(settings.enable_label) == "true"
 
 
-def frontend_config(settings: Settings, backend_address: str) -> dict[str, Any]:
-    """GVirtuS ``properties.json``: one TCP communicator to the backend, ports as strings."""
-    return {
-        "communicator": [
-            {
-                "endpoint": {
-                    "suite": "tcp/ip",
-                    "protocol": "tcp",
-                    "server_address": backend_address,
-                    "port": str(settings.backend_port),
-                },
-                "plugins": list(settings.plugins),
-            }
-        ],
-        "secure_application": False,
-    }
-
-
 @dataclass(frozen=True)
 class _Plan:
     """Everything that depends only on the settings and the backend address."""
@@ -105,7 +86,7 @@ class _Plan:
 def _plan(settings: Settings, backend_address: str) -> _Plan:
     # GVirtuS only accepts an IP in server_address; a host name here is a caller bug.
     address = str(ipaddress.ip_address(backend_address))
-    properties = json.dumps(frontend_config(settings, address), separators=(",", ":"))
+    properties = properties_json(address, settings.backend_port, settings.plugins)
     return _Plan(
         address=address,
         port=str(settings.backend_port),

@@ -6,6 +6,7 @@ import ipaddress
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
+from gvirtus_kai_common.gvirtus import DEFAULT_PLUGINS, split_plugins
 from gvirtus_kai_common.labels import is_dns_subdomain, label_key_problem, label_value_problem
 from gvirtus_kai_common.settings import ENV_PREFIX, LogLevel
 from pydantic import BaseModel, Field, field_validator
@@ -52,15 +53,7 @@ class Settings(BaseSettings):
     dns_cache_max_seconds: float = Field(30.0, ge=0)
     strategy: Strategy = "mount"
     default_gvirtus_home: str = "/usr/local/gvirtus"
-    plugins: Annotated[tuple[str, ...], NoDecode] = (
-        "cudart",
-        "cublas",
-        "curand",
-        "cudnn",
-        "cufft",
-        "cusolver",
-        "cusparse",
-    )
+    plugins: Annotated[tuple[str, ...], NoDecode] = DEFAULT_PLUGINS
     frontend_label: str = "gvirtus.io/frontend.allowed=true"
     # Pod label key whose value "true" asks for GVirtuS (the chart's objectSelector uses the same).
     enable_label: str = "gvirtus.io/enabled"
@@ -78,7 +71,7 @@ class Settings(BaseSettings):
     @classmethod
     def _split_plugins(cls, value: object) -> object:
         if isinstance(value, str):
-            value = tuple(p.strip() for p in value.split(",") if p.strip())
+            return split_plugins(value)
         if isinstance(value, tuple | list) and not value:
             raise ValueError("at least one GVirtuS plugin is needed")
         return value
