@@ -9,8 +9,8 @@ BIN    := $(CURDIR)/$(VENV)/bin
 TOOLS  := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(BIN):$(PATH)
 
-SERVICES   := services/common services/webhook services/labeler services/device-plugin
-PY_SOURCES := services/common/src services/webhook/src services/labeler/src services/device-plugin/src tests bench demo ci
+SERVICES   := services/common services/webhook services/labeler services/device-plugin services/controller
+PY_SOURCES := services/common/src services/webhook/src services/labeler/src services/device-plugin/src services/controller/src tests bench demo ci
 
 VENV_STAMP  := $(VENV)/.installed
 HELM        := $(TOOLS)/helm

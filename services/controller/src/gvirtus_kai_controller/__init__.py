@@ -1,0 +1,1 @@
+"""GVirtuS-KAI placement controller."""

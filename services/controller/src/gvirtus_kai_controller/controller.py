@@ -1,0 +1,479 @@
+"""The controller's loop: watch EndpointSlices and pods into ``Placement``, carry out its decisions.
+
+Three tasks share one ``Placement`` on one event loop (no locks needed): two watches feed it and
+wake the reconciler, which, while this replica leads, patches pods, records Events and evicts.
+Every API failure is retried with backoff; a watch whose version expired (410) lists again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from typing import Any, TypeVar
+
+import httpx2
+from gvirtus_kai_common.backoff import Backoff
+from gvirtus_kai_common.gvirtus import properties_json
+from lightkube import ALL_NS, ApiError, AsyncClient
+from lightkube.core.client import LabelSelector
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Pod
+from lightkube.resources.discovery_v1 import EndpointSlice
+from lightkube.types import PatchType
+
+from gvirtus_kai_controller.events import EventRecorder
+from gvirtus_kai_controller.leader import LeaderElector
+from gvirtus_kai_controller.metrics import Metrics
+from gvirtus_kai_controller.objects import assignment_patch, pod_info, slice_endpoints
+from gvirtus_kai_controller.placement import Assignment, Backend, Placement, PodInfo, PodKey
+from gvirtus_kai_controller.settings import Settings
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME_LABEL = "kubernetes.io/service-name"
+# Watches are opened again from the last version this often, so a connection that died
+# silently cannot leave the controller deaf for longer.
+WATCH_WINDOW_SECONDS = 300.0
+# Patches in flight at once: enough to keep the API server busy, few enough to stay polite.
+PARALLEL_WRITES = 16
+# The reconciler also runs this often without news: eviction deadlines, retries.
+TICK_SECONDS = 1.0
+# Waiting pods are told why at most this often (one pass over the queue).
+TELL_INTERVAL_SECONDS = 0.5
+EVICTION_RETRY_SECONDS = 10.0
+LIST_CHUNK = 500
+
+# The two kinds watched; constrained so each use is checked as Pod and as EndpointSlice.
+R = TypeVar("R", Pod, EndpointSlice)
+
+
+class Controller:
+    def __init__(
+        self,
+        client: AsyncClient,
+        settings: Settings,
+        metrics: Metrics,
+        *,
+        elector: LeaderElector | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self._client = client
+        self._settings = settings
+        self._metrics = metrics
+        self._elector = elector
+        self._clock = clock
+        self._events = EventRecorder(client)
+        self.placement = Placement(
+            settings.policy,
+            settings.max_pods_per_backend,
+            port_name=settings.backend_port_name,
+        )
+        self._wake = asyncio.Event()
+        self._writes = asyncio.Semaphore(PARALLEL_WRITES)
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._listed: set[str] = set()
+        self._told: dict[PodKey, tuple[str, str]] = {}  # waiting pod -> (uid, reason told)
+        self._told_at = 0.0
+        self._evictions: dict[PodKey, float] = {}  # lost pod -> when to try evicting next
+        self._retry_backoff: dict[PodKey, Backoff] = {}
+        self._running: list[asyncio.Task[Any]] = []
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    @property
+    def leading(self) -> bool:
+        return self._elector is None or self._elector.leading
+
+    def healthy(self) -> bool:
+        """Every loop of the controller is still running."""
+        return bool(self._running) and not any(task.done() for task in self._running)
+
+    def ready(self) -> bool:
+        """The initial lists are in: this replica knows the backends and every pod."""
+        return self.placement.synced
+
+    def leadership_changed(self, leading: bool) -> None:
+        self._metrics.leading.set(1 if leading else 0)
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Watch and reconcile until cancelled; returns only if a loop fails unexpectedly."""
+        if self._elector is None:
+            self._metrics.leading.set(1)
+        loops: list[Awaitable[None]] = [
+            self._follow(
+                "endpointslices",
+                EndpointSlice,
+                self._settings.namespace,
+                {SERVICE_NAME_LABEL: self._settings.backend_service},
+                self._slices_listed,
+                self._slice_event,
+            ),
+            self._follow(
+                "pods",
+                Pod,
+                ALL_NS,
+                {self._settings.enable_label: "true"},
+                self._pods_listed,
+                self._pod_event,
+            ),
+            self._reconcile_forever(),
+        ]
+        if self._elector is not None:
+            loops.append(self._elector.run())
+        self._running = [asyncio.ensure_future(loop) for loop in loops]
+        try:
+            done, _ = await asyncio.wait(self._running, return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                task.result()  # raises what ended it
+        finally:
+            for task in self._running:
+                task.cancel()
+            await asyncio.gather(*self._running, return_exceptions=True)
+
+    async def stop(self) -> None:
+        """After ``run`` was cancelled: let in-flight writes finish, then give up the Lease."""
+        pending = list(self._tasks)
+        if pending:
+            await asyncio.wait(pending, timeout=5.0)
+        if self._elector is not None:
+            await self._elector.release()
+
+    # -- watches ----------------------------------------------------------------------------
+
+    async def _follow(
+        self,
+        resource_name: str,
+        resource: type[R],
+        namespace: str,
+        labels: LabelSelector,
+        listed: Callable[[list[R]], None],
+        changed: Callable[[str, R], None],
+    ) -> None:
+        """List, then watch from the listed version; again from scratch when it expires."""
+        backoff = Backoff(initial=0.2, maximum=30.0)
+        version: str | None = None
+        while True:
+            try:
+                if version is None:
+                    listing = self._client.list(
+                        resource, namespace=namespace, labels=labels, chunk_size=LIST_CHUNK
+                    )
+                    items = [item async for item in listing]
+                    version = listing.resourceVersion
+                    listed(items)
+                    self._listed.add(resource_name)
+                    self._after_list()
+                    backoff.reset()
+                events: AsyncIterable[tuple[str, R]] = self._client.watch(
+                    resource, namespace=namespace, labels=labels, resource_version=version
+                )
+                try:
+                    async with asyncio.timeout(WATCH_WINDOW_SECONDS):
+                        async for event_type, obj in events:
+                            changed(event_type, obj)
+                            if obj.metadata is not None and obj.metadata.resourceVersion:
+                                version = obj.metadata.resourceVersion
+                            backoff.reset()
+                finally:
+                    aclose = getattr(events, "aclose", None)
+                    if aclose is not None:
+                        await aclose()
+            except TimeoutError:
+                continue  # window over: watch again from the last version
+            except ApiError as error:
+                code = error.status.code
+                if code == 410:
+                    self._metrics.watch_restarts.labels(resource_name, "expired").inc()
+                    log.info(
+                        "watch expired (410 Gone); listing again", extra={"resource": resource_name}
+                    )
+                    version = None
+                    await asyncio.sleep(backoff.next_delay())
+                    continue
+                await self._api_failed("watch", resource_name, code, str(error), backoff)
+            except httpx2.HTTPError as error:
+                await self._api_failed("watch", resource_name, None, str(error), backoff)
+
+    async def _api_failed(
+        self, verb: str, resource: str, code: int | None, message: str, backoff: Backoff
+    ) -> None:
+        self._metrics.api_errors.labels(verb, str(code or "connection")).inc()
+        self._metrics.watch_restarts.labels(resource, "error").inc()
+        delay = backoff.next_delay()
+        log.warning(
+            "kubernetes API call failed; retrying",
+            extra={
+                "verb": verb,
+                "resource": resource,
+                "code": code or "connection",
+                "error": message[:300],
+                "retry_in_seconds": round(delay, 3),
+            },
+        )
+        await asyncio.sleep(delay)
+
+    def _after_list(self) -> None:
+        if not self.placement.synced and self._listed >= {"pods", "endpointslices"}:
+            self.placement.mark_synced(self._clock())
+            log.info(
+                "state rebuilt from the API",
+                extra={
+                    "pods": self.placement.pod_count,
+                    "backends": len(self.placement.backends),
+                    "waiting": self.placement.waiting_count,
+                },
+            )
+        self._wake.set()
+
+    def _slices_listed(self, slices: list[EndpointSlice]) -> None:
+        port = self._settings.backend_port_name
+        endpoints = {
+            s.metadata.name: slice_endpoints(s, port)
+            for s in slices
+            if s.metadata and s.metadata.name
+        }
+        self._backends_gone(self.placement.replace_slices(endpoints, self._clock()))
+
+    def _slice_event(self, event_type: str, endpoint_slice: EndpointSlice) -> None:
+        name = endpoint_slice.metadata.name if endpoint_slice.metadata else None
+        if not name:
+            return
+        now = self._clock()
+        if event_type == "DELETED":
+            gone = self.placement.remove_slice(name, now)
+        else:
+            endpoints = slice_endpoints(endpoint_slice, self._settings.backend_port_name)
+            gone = self.placement.set_slice(name, endpoints, now)
+        self._backends_gone(gone)
+        self._wake.set()
+
+    def _backends_gone(self, gone: list[Backend]) -> None:
+        for backend in gone:
+            self._metrics.backends_lost.inc()
+            log.warning("backend lost", extra={"backend": backend.address, "zone": backend.zone})
+
+    def _pods_listed(self, pods: list[Pod]) -> None:
+        self.placement.replace_pods(self._read_pods(pods), self._clock())
+
+    def _read_pods(self, pods: Iterable[Pod]) -> Iterable[PodInfo]:
+        for pod in pods:
+            try:
+                yield pod_info(pod)
+            except ValueError as error:
+                log.warning("pod skipped", extra={"error": str(error)})
+
+    def _pod_event(self, event_type: str, pod: Pod) -> None:
+        for info in self._read_pods([pod]):
+            if event_type == "DELETED":
+                self.placement.remove_pod(info.key)
+            else:
+                self.placement.upsert_pod(info, self._clock())
+        self._wake.set()
+
+    # -- reconciling ------------------------------------------------------------------------
+
+    async def _reconcile_forever(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(TICK_SECONDS):
+                    await self._wake.wait()
+            self._wake.clear()
+            if not self.placement.synced:
+                continue
+            self._publish()
+            if not self.leading:
+                continue
+            for assignment in self.placement.assign():
+                self._spawn(self._write_assignment(assignment))
+            self._report_losses()
+            self._tell_waiting()
+            self._evict_due()
+            self._metrics.pods_waiting.set(self.placement.waiting_count)
+
+    def _publish(self) -> None:
+        self._metrics.pods_waiting.set(self.placement.waiting_count)
+        self._metrics.backends_ready.set(len(self.placement.backends))
+        self._metrics.set_backend_pods(self.placement.loads())
+
+    def _spawn(self, work: Awaitable[None]) -> None:
+        task = asyncio.ensure_future(work)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _write_assignment(self, assignment: Assignment) -> None:
+        pod, backend = assignment.pod, assignment.backend
+        settings = self._settings
+        properties = properties_json(backend.ip, backend.port, settings.plugins)
+        patch = assignment_patch(pod, backend, properties, pin_zone=settings.policy == "sameZone")
+        async with self._writes:
+            try:
+                answer = await self._client.patch(
+                    Pod, pod.name, patch, namespace=pod.namespace, patch_type=PatchType.MERGE
+                )
+            except ApiError as error:
+                await self._assignment_refused(assignment, error.status.code, str(error))
+                return
+            except httpx2.HTTPError as error:
+                await self._assignment_refused(assignment, None, str(error))
+                return
+        now = self._clock()
+        info = pod_info(answer)
+        self.placement.assignment_done(assignment, info, now)
+        self._retry_backoff.pop(pod.key, None)
+        self._metrics.assignments.inc()
+        self._metrics.assignment_latency.observe(max(0.0, now - pod.created))
+        zone = f" in zone {backend.zone}" if settings.policy == "sameZone" and backend.zone else ""
+        log.info(
+            "backend assigned",
+            extra={"pod": f"{pod.namespace}/{pod.name}", "backend": backend.address},
+        )
+        self._spawn(
+            self._events.record(
+                info,
+                "BackendAssigned",
+                f"assigned GVirtuS backend {backend.address}{zone} (policy {settings.policy}, "
+                f"{self.placement.load(backend.address)} pods on it)",
+            )
+        )
+        self._wake.set()
+
+    async def _assignment_refused(
+        self, assignment: Assignment, code: int | None, message: str
+    ) -> None:
+        pod = assignment.pod
+        self._metrics.api_errors.labels("patch", str(code or "connection")).inc()
+        if code == 409:
+            # The pod changed since it was read: read it again and decide again.
+            self._metrics.conflicts.inc()
+            await self._reread(pod)
+            self.placement.assignment_failed(assignment, self._clock())
+            self._wake.set()
+            return
+        if code == 404:
+            self.placement.remove_pod(pod.key)
+            return
+        backoff = self._retry_backoff.setdefault(pod.key, Backoff(initial=2.0, maximum=60.0))
+        delay = 1.0 + backoff.next_delay()
+        log.error(
+            "assignment refused; retrying later",
+            extra={
+                "pod": f"{pod.namespace}/{pod.name}",
+                "code": code or "connection",
+                "error": message[:300],
+                "retry_in_seconds": delay,
+            },
+        )
+        if code is not None:
+            self._spawn(
+                self._events.record(
+                    pod,
+                    "WaitingForBackend",
+                    f"the API server refused the backend assignment ({code}): {message[:300]}",
+                    "Warning",
+                )
+            )
+        await asyncio.sleep(delay)  # the slot stays reserved meanwhile
+        self.placement.assignment_failed(assignment, self._clock())
+        self._wake.set()
+
+    async def _reread(self, pod: PodInfo) -> None:
+        try:
+            fresh = await self._client.get(Pod, pod.name, namespace=pod.namespace)
+        except ApiError as error:
+            if error.status.code == 404:
+                self.placement.remove_pod(pod.key)
+            return
+        except httpx2.HTTPError:
+            return  # the watch brings the news instead
+        for info in self._read_pods([fresh]):
+            self.placement.upsert_pod(info, self._clock())
+
+    def _tell_waiting(self) -> None:
+        """One ``WaitingForBackend`` Event per waiting pod and distinct reason."""
+        now = time.monotonic()
+        if now - self._told_at < TELL_INTERVAL_SECONDS:
+            return
+        self._told_at = now
+        told: dict[PodKey, tuple[str, str]] = {}
+        shared_reason: str | None = None
+        for pod in self.placement.waiting_pods():
+            if pod.zones.unrestricted or self._settings.policy != "sameZone":
+                if shared_reason is None:
+                    shared_reason = self.placement.waiting_reason(pod)
+                reason = shared_reason
+            else:
+                reason = self.placement.waiting_reason(pod)
+            told[pod.key] = (pod.uid, reason)
+            if self._told.get(pod.key) != (pod.uid, reason):
+                log.info("pod waits", extra={"pod": f"{pod.namespace}/{pod.name}", "why": reason})
+                self._spawn(self._events.record(pod, "WaitingForBackend", reason, "Warning"))
+        self._told = told
+
+    def _report_losses(self) -> None:
+        settings = self._settings
+        for lost in self.placement.take_lost_news():
+            pod = lost.pod
+            if settings.on_backend_loss == "keep":
+                what = "the pod is kept (onBackendLoss=keep); delete it to get a ready backend"
+            elif pod.controller_owned:
+                what = (
+                    f"the pod will be evicted after {settings.backend_loss_grace_seconds:g}s "
+                    "unless the backend comes back"
+                )
+            else:
+                what = "the pod has no controller to recreate it, so it is kept"
+            self._spawn(
+                self._events.record(
+                    pod,
+                    "BackendLost",
+                    f"GVirtuS backend {lost.address} is no longer ready; {what}",
+                    "Warning",
+                    detail=lost.address,
+                )
+            )
+
+    def _evict_due(self) -> None:
+        if self._settings.on_backend_loss != "evict":
+            return
+        now = self._clock()
+        due = self.placement.due_for_eviction(now, self._settings.backend_loss_grace_seconds)
+        lost = {pod.key for pod, _ in self.placement.lost_pods()}
+        self._evictions = {k: t for k, t in self._evictions.items() if k in lost}
+        for pod in due:
+            if self._evictions.get(pod.key, 0.0) > now:
+                continue
+            self._evictions[pod.key] = now + EVICTION_RETRY_SECONDS
+            self._spawn(self._evict(pod))
+
+    async def _evict(self, pod: PodInfo) -> None:
+        eviction = Pod.Eviction(metadata=ObjectMeta(name=pod.name, namespace=pod.namespace))
+        async with self._writes:
+            try:
+                await self._client.create(eviction, name=pod.name, namespace=pod.namespace)
+            except ApiError as error:
+                code = error.status.code
+                if code == 404:
+                    self._metrics.evictions.labels("gone").inc()
+                    return
+                outcome = "blocked" if code == 429 else "error"
+                self._metrics.evictions.labels(outcome).inc()
+                log.warning(
+                    "eviction refused; trying again later",
+                    extra={
+                        "pod": f"{pod.namespace}/{pod.name}",
+                        "code": code,
+                        "error": str(error)[:300],
+                        "retry_in_seconds": EVICTION_RETRY_SECONDS,
+                    },
+                )
+                return
+            except httpx2.HTTPError as error:
+                self._metrics.evictions.labels("error").inc()
+                log.warning("eviction failed", extra={"error": str(error)})
+                return
+        self._metrics.evictions.labels("evicted").inc()
+        log.info("pod evicted: its backend is gone", extra={"pod": f"{pod.namespace}/{pod.name}"})

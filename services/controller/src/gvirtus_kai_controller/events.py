@@ -1,0 +1,98 @@
+"""Events on pods, as ``kubectl describe pod`` shows them.
+
+Each Event is named after the pod and a digest of (pod uid, reason, detail), so the same news
+about the same pod is one object: told again (a flapping reason, a restarted or new leader),
+the Event is not duplicated; its count and last timestamp are bumped instead.
+"""
+
+from __future__ import annotations
+
+import datetime
+import hashlib
+import logging
+from collections import OrderedDict
+from typing import Literal
+
+from lightkube import ApiError, AsyncClient
+from lightkube.models.core_v1 import EventSource, ObjectReference
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Event
+from lightkube.types import PatchType
+
+from gvirtus_kai_controller.placement import PodInfo
+
+log = logging.getLogger(__name__)
+
+COMPONENT = "gvirtus-controller"
+EventType = Literal["Normal", "Warning"]
+# Names of Events this process wrote and their counts; bounded, older entries are forgotten
+# (a forgotten Event only loses its exact count when told again).
+REMEMBERED_EVENTS = 20_000
+MAX_MESSAGE = 1024
+
+
+def event_name(pod: PodInfo, reason: str, detail: str) -> str:
+    digest = hashlib.sha256(f"{pod.uid}\n{reason}\n{detail}".encode()).hexdigest()[:16]
+    # Pod names are DNS subdomains of up to 253 characters; so must the Event's be.
+    prefix = pod.name if len(pod.name) <= 253 - 17 else "gvirtus"
+    return f"{prefix}.{digest}"
+
+
+class EventRecorder:
+    def __init__(self, client: AsyncClient) -> None:
+        self._client = client
+        self._counts: OrderedDict[str, int] = OrderedDict()
+
+    async def record(
+        self,
+        pod: PodInfo,
+        reason: str,
+        message: str,
+        event_type: EventType = "Normal",
+        *,
+        detail: str = "",
+    ) -> None:
+        """Tell ``pod`` ``message``; ``detail`` tells news with the same reason apart (the same
+        message for another backend is other news). Failures are logged, never raised: an
+        Event is a courtesy, and placement must go on without it."""
+        name = event_name(pod, reason, detail or message)
+        now = datetime.datetime.now(datetime.UTC)
+        event = Event(
+            metadata=ObjectMeta(name=name, namespace=pod.namespace),
+            involvedObject=ObjectReference(
+                apiVersion="v1", kind="Pod", namespace=pod.namespace, name=pod.name, uid=pod.uid
+            ),
+            reason=reason,
+            message=message[:MAX_MESSAGE],
+            type=event_type,
+            source=EventSource(component=COMPONENT),
+            firstTimestamp=now,
+            lastTimestamp=now,
+            count=1,
+        )
+        try:
+            try:
+                await self._client.create(event)
+                self._remember(name, 1)
+            except ApiError as error:
+                if error.status.code != 409:
+                    raise
+                count = self._counts.get(name)
+                bump: dict[str, object] = {"lastTimestamp": event.to_dict()["lastTimestamp"]}
+                if count is not None:
+                    bump["count"] = count + 1
+                    self._remember(name, count + 1)
+                await self._client.patch(
+                    Event, name, bump, namespace=pod.namespace, patch_type=PatchType.MERGE
+                )
+        except Exception as error:
+            log.warning(
+                "could not record an event",
+                extra={"pod": f"{pod.namespace}/{pod.name}", "reason": reason, "error": str(error)},
+            )
+
+    def _remember(self, name: str, count: int) -> None:
+        self._counts[name] = count
+        self._counts.move_to_end(name)
+        while len(self._counts) > REMEMBERED_EVENTS:
+            self._counts.popitem(last=False)

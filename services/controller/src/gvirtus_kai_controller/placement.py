@@ -1,0 +1,451 @@
+"""What the controller knows and decides, without any I/O.
+
+``Placement`` holds the ready backends (from the EndpointSlices) and the GVirtuS pods (from their
+annotations and gates), and answers: which waiting pod gets which backend now, why the others
+wait, which pods lost their backend, which of those are due for eviction. The async loop feeds it
+watch events and carries out what it decides; unit tests call it directly.
+
+Cost per decision is O(backends + log pods): loads are counted incrementally as pods come and go,
+and waiting pods sit in a heap ordered by priority, then creation time.
+"""
+
+from __future__ import annotations
+
+import heapq
+import ipaddress
+import random
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field, replace
+from typing import Any, Literal
+
+Policy = Literal["leastPods", "random", "sameZone"]
+POLICIES: tuple[Policy, ...] = ("leastPods", "random", "sameZone")
+
+PodKey = tuple[str, str]  # (namespace, name)
+
+
+@dataclass(frozen=True, order=True)
+class Backend:
+    """One ready backend pod: where GVirtuS pods connect (its pod IP and container port)."""
+
+    ip: str
+    port: int
+    zone: str | None = field(default=None, compare=False)
+
+    @property
+    def address(self) -> str:
+        return f"{self.ip}:{self.port}"
+
+    @property
+    def sort_key(self) -> tuple[int, int]:
+        """Numeric IP, then port: the stable tie-break between equally loaded backends."""
+        return int(ipaddress.IPv4Address(self.ip)), self.port
+
+
+@dataclass(frozen=True)
+class Endpoint:
+    """One endpoint of an EndpointSlice, reduced to what placement needs.
+
+    ``identity`` names the backend pod (its targetRef, else its first address) so a dual-stack
+    pod listed in an IPv4 and an IPv6 slice counts once. ``backend`` is set only when the
+    endpoint can serve GVirtuS: ready, an IPv4 address, and the named port on its slice.
+    """
+
+    identity: str
+    ready: bool
+    ipv4: bool = True
+    backend: Backend | None = None
+
+
+@dataclass(frozen=True)
+class ZoneTerm:
+    """The zone part of one required node-selector term: (operator, values) on the zone key."""
+
+    requirements: tuple[tuple[str, frozenset[str]], ...] = ()
+
+    def allows(self, zone: str | None) -> bool:
+        for operator, values in self.requirements:
+            if operator == "In" and zone not in values:
+                return False
+            if operator == "NotIn" and zone in values:
+                return False
+            if operator == "Exists" and zone is None:
+                return False
+            if operator == "DoesNotExist" and zone is not None:
+                return False
+        return True
+
+
+@dataclass(frozen=True)
+class ZoneConstraint:
+    """Where the pod's own nodeSelector and required node affinity let it run, by zone.
+
+    Only the zone key is looked at: other keys are about nodes the controller does not watch.
+    Terms are ORed, requirements within a term ANDed, as the scheduler does.
+    """
+
+    node_selector: str | None = None
+    terms: tuple[ZoneTerm, ...] = ()
+
+    @property
+    def unrestricted(self) -> bool:
+        return self.node_selector is None and all(not t.requirements for t in self.terms)
+
+    def allows(self, zone: str | None) -> bool:
+        if self.node_selector is not None and zone != self.node_selector:
+            return False
+        return not self.terms or any(term.allows(zone) for term in self.terms)
+
+
+ANY_ZONE = ZoneConstraint()
+
+
+@dataclass(frozen=True)
+class PodInfo:
+    """One GVirtuS pod as placement sees it, read from a watch event or an API answer."""
+
+    namespace: str
+    name: str
+    uid: str
+    created: float  # creation time, seconds since the epoch
+    priority: int = 0
+    gated: bool = False  # carries our scheduling gate
+    backend: str | None = None  # the backend annotation, when present
+    live: bool = True  # not terminating, not Succeeded/Failed
+    controller_owned: bool = False  # has an ownerReference with controller: true
+    zones: ZoneConstraint = ANY_ZONE
+    # What the assignment patch is built from, as read at ``resource_version``.
+    resource_version: str = ""
+    gates: tuple[str, ...] = ()
+    node_selector_terms: tuple[Mapping[str, Any], ...] = ()  # required node affinity, as JSON
+
+    @property
+    def key(self) -> PodKey:
+        return self.namespace, self.name
+
+
+@dataclass(frozen=True)
+class Assignment:
+    pod: PodInfo
+    backend: Backend
+
+
+@dataclass(frozen=True)
+class LostPod:
+    """A live pod whose backend is no longer among the ready ones."""
+
+    pod: PodInfo
+    address: str
+
+
+class Placement:
+    """Backends, pods, loads and the waiting queue; every method is synchronous and pure."""
+
+    def __init__(
+        self,
+        policy: Policy = "leastPods",
+        max_pods_per_backend: int = 0,
+        *,
+        port_name: str = "gvirtus",
+        rng: random.Random | None = None,
+    ) -> None:
+        self.policy = policy
+        self.max_pods_per_backend = max_pods_per_backend
+        self.port_name = port_name
+        self._rng = rng or random.Random()  # noqa: S311 - load spreading, not cryptography
+        self._slices: dict[str, tuple[Endpoint, ...]] = {}
+        self._backends: dict[str, Backend] = {}  # address -> ready backend
+        self._pods: dict[PodKey, PodInfo] = {}
+        self._members: dict[str, set[PodKey]] = {}  # address -> live pods counted on it
+        self._counted: dict[PodKey, str] = {}  # pod -> the address it is counted on
+        self._in_flight: dict[PodKey, Assignment] = {}  # decided, patch not answered yet
+        self._waiting: dict[PodKey, PodInfo] = {}
+        self._queue: list[tuple[int, float, str, str, str]] = []  # lazily pruned heap
+        self._lost_since: dict[PodKey, float] = {}
+        self._lost_news: dict[PodKey, str] = {}  # lost pods not reported yet -> address
+        self._synced = False
+
+    # -- backends ---------------------------------------------------------------------------
+
+    def set_slice(self, name: str, endpoints: Iterable[Endpoint], now: float) -> list[Backend]:
+        """Record one EndpointSlice's endpoints; return the backends that stopped being ready."""
+        self._slices[name] = tuple(endpoints)
+        return self._refresh_backends(now)
+
+    def remove_slice(self, name: str, now: float) -> list[Backend]:
+        self._slices.pop(name, None)
+        return self._refresh_backends(now)
+
+    def replace_slices(self, slices: Mapping[str, Iterable[Endpoint]], now: float) -> list[Backend]:
+        """The full set after a (re)list: slices not in it are gone."""
+        self._slices = {name: tuple(endpoints) for name, endpoints in slices.items()}
+        return self._refresh_backends(now)
+
+    def _refresh_backends(self, now: float) -> list[Backend]:
+        backends: dict[str, Backend] = {}
+        for endpoints in self._slices.values():
+            for endpoint in endpoints:
+                if endpoint.backend is not None:
+                    backends.setdefault(endpoint.backend.address, endpoint.backend)
+        gone = [b for address, b in self._backends.items() if address not in backends]
+        back = [address for address in backends if address not in self._backends]
+        self._backends = backends
+        if self._synced:
+            for backend in gone:
+                for key in self._members.get(backend.address, ()):
+                    self._mark_lost(key, backend.address, now)
+            for address in back:
+                for key in self._members.get(address, ()):
+                    self._unmark_lost(key)
+        return sorted(gone)
+
+    @property
+    def backends(self) -> list[Backend]:
+        return sorted(self._backends.values(), key=lambda b: b.sort_key)
+
+    def load(self, address: str) -> int:
+        """Live pods counted on ``address`` (assigned, or with an assignment in flight)."""
+        return len(self._members.get(address, ()))
+
+    def loads(self) -> dict[str, int]:
+        """Load of every ready backend, and of any other address live pods still point at."""
+        loads = dict.fromkeys(self._backends, 0)
+        loads.update({a: len(keys) for a, keys in self._members.items() if keys})
+        return loads
+
+    # -- pods -------------------------------------------------------------------------------
+
+    def upsert_pod(self, info: PodInfo, now: float) -> None:
+        """Record a pod as last seen (watch event, list, or the answer to our patch)."""
+        old = self._pods.get(info.key)
+        if old is not None and old.uid == info.uid and info.backend is None and old.backend:
+            # Once a pod of this uid is known assigned, an older copy of it (a watch event
+            # delivered after our patch's answer) must not make it wait again.
+            info = replace(info, backend=old.backend)
+        self._pods[info.key] = info
+        self._place(info, now)
+
+    def remove_pod(self, key: PodKey) -> None:
+        self._pods.pop(key, None)
+        self._in_flight.pop(key, None)
+        self._waiting.pop(key, None)
+        self._uncount(key)
+        self._unmark_lost(key)
+
+    def replace_pods(self, pods: Iterable[PodInfo], now: float) -> None:
+        """The full set after a (re)list: pods not in it were deleted meanwhile."""
+        listed = {pod.key: pod for pod in pods}
+        for key in [k for k in self._pods if k not in listed]:
+            self.remove_pod(key)
+        for info in listed.values():
+            self.upsert_pod(info, now)
+
+    @property
+    def pod_count(self) -> int:
+        return len(self._pods)
+
+    def pod(self, key: PodKey) -> PodInfo | None:
+        return self._pods.get(key)
+
+    def _place(self, info: PodInfo, now: float) -> None:
+        key = info.key
+        in_flight = self._in_flight.get(key)
+        if in_flight is not None and in_flight.pod.uid != info.uid:
+            # The pod was deleted and created again under the same name: the patch will fail.
+            in_flight = None
+        address: str | None = None
+        if info.live:
+            if info.backend is not None:
+                address = info.backend
+            elif in_flight is not None:
+                address = in_flight.backend.address
+        self._count(key, address)
+        if address is None:
+            self._unmark_lost(key)
+        elif self._synced and address not in self._backends:
+            self._mark_lost(key, address, now)
+        else:
+            self._unmark_lost(key)
+        if info.live and info.gated and info.backend is None and in_flight is None:
+            if self._waiting.get(key) != info:
+                self._waiting[key] = info
+                heapq.heappush(self._queue, _queue_entry(info))
+        else:
+            self._waiting.pop(key, None)
+
+    def _count(self, key: PodKey, address: str | None) -> None:
+        if self._counted.get(key) == address:
+            return
+        self._uncount(key)
+        if address is not None:
+            self._counted[key] = address
+            self._members.setdefault(address, set()).add(key)
+
+    def _uncount(self, key: PodKey) -> None:
+        address = self._counted.pop(key, None)
+        if address is not None:
+            members = self._members[address]
+            members.discard(key)
+            if not members:
+                del self._members[address]
+
+    # -- deciding ---------------------------------------------------------------------------
+
+    @property
+    def waiting_count(self) -> int:
+        return len(self._waiting)
+
+    def waiting_pods(self) -> list[PodInfo]:
+        """Waiting pods in the order they are served."""
+        return sorted(self._waiting.values(), key=_queue_entry)
+
+    def choose(self, pod: PodInfo) -> Backend | None:
+        """The backend ``pod`` would get now under the policy, or None when none may take it."""
+        candidates = [b for b in self._backends.values() if self._has_room(b)]
+        if self.policy == "sameZone" and not pod.zones.unrestricted:
+            candidates = [b for b in candidates if pod.zones.allows(b.zone)]
+        if not candidates:
+            return None
+        if self.policy == "random":
+            return self._rng.choice(sorted(candidates))
+        return min(candidates, key=lambda b: (self.load(b.address), b.sort_key))
+
+    def _has_room(self, backend: Backend) -> bool:
+        limit = self.max_pods_per_backend
+        return limit <= 0 or self.load(backend.address) < limit
+
+    def assign(self) -> list[Assignment]:
+        """Decide for every waiting pod that can be placed now, in priority-then-age order.
+
+        Each decision counts at once on its backend (so the next one sees it) and the pod leaves
+        the queue; ``assignment_done`` or ``assignment_failed`` settles it.
+        """
+        decided: list[Assignment] = []
+        passed_over: list[tuple[int, float, str, str, str]] = []
+        while self._queue:
+            entry = self._queue[0]
+            pod = self._waiting.get((entry[2], entry[3]))
+            if pod is None or _queue_entry(pod) != entry:
+                heapq.heappop(self._queue)  # stale: the pod left the queue or changed
+                continue
+            backend = self.choose(pod)
+            if backend is None:
+                if self.policy != "sameZone" or pod.zones.unrestricted:
+                    break  # nothing has room for anyone: the rest wait too
+                passed_over.append(heapq.heappop(self._queue))
+                continue
+            heapq.heappop(self._queue)
+            assignment = Assignment(pod, backend)
+            del self._waiting[pod.key]
+            self._in_flight[pod.key] = assignment
+            self._count(pod.key, backend.address)
+            decided.append(assignment)
+        for entry in passed_over:
+            heapq.heappush(self._queue, entry)
+        return decided
+
+    def assignment_done(self, assignment: Assignment, answer: PodInfo, now: float) -> None:
+        """The patch succeeded; ``answer`` is the pod as the API server returned it."""
+        self._in_flight.pop(assignment.pod.key, None)
+        self.upsert_pod(answer, now)
+
+    def assignment_failed(self, assignment: Assignment, now: float) -> None:
+        """The patch did not apply: free the slot; the pod waits again unless it changed."""
+        key = assignment.pod.key
+        if self._in_flight.get(key) is assignment:
+            del self._in_flight[key]
+        current = self._pods.get(key)
+        if current is None:
+            self._uncount(key)
+        else:
+            self._place(current, now)
+
+    # -- why pods wait ----------------------------------------------------------------------
+
+    def waiting_reason(self, pod: PodInfo) -> str:
+        """Why ``pod`` has no backend yet, as shown in its ``WaitingForBackend`` Event."""
+        if not self._backends:
+            return self._no_backend_reason()
+        backends = list(self._backends.values())
+        if self.policy == "sameZone" and not pod.zones.unrestricted:
+            allowed = [b for b in backends if pod.zones.allows(b.zone)]
+            if not allowed:
+                zones = sorted({b.zone or "(none)" for b in backends})
+                return (
+                    f"no ready GVirtuS backend in a zone this pod may run in "
+                    f"({len(backends)} ready in zones {', '.join(zones)})"
+                )
+            backends = allowed
+        if all(not self._has_room(b) for b in backends):
+            return (
+                f"all {len(backends)} backends full (maxPodsPerBackend={self.max_pods_per_backend})"
+            )
+        return "waiting for its turn"
+
+    def _no_backend_reason(self) -> str:
+        identities: set[str] = set()
+        ready: set[str] = set()
+        ready_ipv4: set[str] = set()
+        for endpoints in self._slices.values():
+            for endpoint in endpoints:
+                identities.add(endpoint.identity)
+                if endpoint.ready:
+                    ready.add(endpoint.identity)
+                    if endpoint.ipv4:
+                        ready_ipv4.add(endpoint.identity)
+        counts = f"{len(ready)} of {len(identities)} ready"
+        if ready and not ready_ipv4:
+            return (
+                f"no ready GVirtuS backend has an IPv4 address ({counts}, IPv6 only; "
+                f"GVirtuS connects to IPv4 addresses only)"
+            )
+        if ready:
+            # Ready IPv4 endpoints that are no backend: their slice lacks the named port.
+            return f"no ready GVirtuS backend serves a port named {self.port_name!r} ({counts})"
+        return f"no ready GVirtuS backend ({counts})"
+
+    # -- lost backends ----------------------------------------------------------------------
+
+    def mark_synced(self, now: float) -> None:
+        """Both initial lists are in: from now on a pod whose backend is not ready is lost."""
+        self._synced = True
+        for key, address in self._counted.items():
+            if address not in self._backends and key not in self._in_flight:
+                self._mark_lost(key, address, now)
+
+    @property
+    def synced(self) -> bool:
+        return self._synced
+
+    def _mark_lost(self, key: PodKey, address: str, now: float) -> None:
+        if key not in self._lost_since:
+            self._lost_since[key] = now
+            self._lost_news[key] = address
+
+    def _unmark_lost(self, key: PodKey) -> None:
+        self._lost_since.pop(key, None)
+        self._lost_news.pop(key, None)
+
+    def take_lost_news(self) -> list[LostPod]:
+        """Pods that lost their backend since the last call (each reported once)."""
+        news = [LostPod(self._pods[key], address) for key, address in self._lost_news.items()]
+        self._lost_news.clear()
+        return news
+
+    def lost_pods(self) -> Iterator[tuple[PodInfo, float]]:
+        """Every live pod whose backend is gone, with the time that was noticed."""
+        for key, since in self._lost_since.items():
+            yield self._pods[key], since
+
+    def due_for_eviction(self, now: float, grace_seconds: float) -> list[PodInfo]:
+        """Lost pods past the grace period that a controller will recreate (the others stay)."""
+        return [
+            pod
+            for pod, since in self.lost_pods()
+            if pod.controller_owned and now - since >= grace_seconds
+        ]
+
+
+def _queue_entry(pod: PodInfo) -> tuple[int, float, str, str, str]:
+    # Highest priority first, then oldest; names and uid make the order total and stable.
+    return -pod.priority, pod.created, pod.namespace, pod.name, pod.uid
