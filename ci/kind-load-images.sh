@@ -14,7 +14,7 @@ if [[ -z $tag ]]; then
   exit 2
 fi
 
-for component in webhook labeler device-plugin; do
+for component in webhook labeler device-plugin controller; do
   image="$prefix/$component:$tag"
   echo "::group::$image"
   docker buildx build --load --file "Dockerfile.$component" --tag "$image" .

@@ -21,7 +21,7 @@ from tests.ci.buildfiles import REPO_ROOT
 
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 CHART_YAML = REPO_ROOT / "charts" / "gvirtus-kai" / "Chart.yaml"
-COMPONENTS = ["webhook", "labeler", "device-plugin"]
+COMPONENTS = ["webhook", "labeler", "device-plugin", "controller"]
 PREFIX = "registry.test/acme/gvirtus-kai"
 
 

@@ -22,7 +22,12 @@ from tests.ci.buildfiles import (
 )
 
 # Dockerfile suffix -> the service package it builds.
-IMAGES = {"webhook": "webhook", "labeler": "labeler", "device-plugin": "device-plugin"}
+IMAGES = {
+    "webhook": "webhook",
+    "labeler": "labeler",
+    "device-plugin": "device-plugin",
+    "controller": "controller",
+}
 EXACT_VERSION_TAG = re.compile(
     r"^[a-z0-9][a-z0-9._/-]*:\d+\.\d+\.\d+(?:-[a-z0-9.-]+)?(?:@sha256:[0-9a-f]{64})?$"
 )

@@ -23,7 +23,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 
 from tests.ci.buildfiles import REPO_ROOT, read_constraints
 
-SERVICES = ["webhook", "labeler", "device-plugin"]
+SERVICES = ["webhook", "labeler", "device-plugin", "controller"]
 OWN_PREFIX = "gvirtus-kai-"
 ARCHITECTURES = ["x86_64", "aarch64"]
 

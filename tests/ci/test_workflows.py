@@ -22,7 +22,7 @@ REPO_PATH = re.compile(
     r"(?<![\w/.-])((?:ci|charts|tests)/[\w./-]*\w|Dockerfile\.(?:\$\{\{ *matrix\.\w+ *\}\}|[\w-]+))"
 )
 RELEASE_PLATFORMS = {"linux/amd64", "linux/arm64"}
-COMPONENTS = {"webhook", "labeler", "device-plugin"}
+COMPONENTS = {"webhook", "labeler", "device-plugin", "controller"}
 
 
 def load(name: str) -> dict[Any, Any]:
