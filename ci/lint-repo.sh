@@ -10,3 +10,5 @@ if [ -d .github/workflows ]; then actionlint; fi
 mapfile -t scripts < <(git ls-files '*.sh' .ci/run)
 if ((${#scripts[@]})); then shellcheck "${scripts[@]}"; fi
 if [ -f charts/gvirtus-kai/Chart.yaml ]; then helm lint --strict charts/gvirtus-kai; fi
+unformatted=$(gofmt -l ci/tools)
+if [ -n "$unformatted" ]; then echo "gofmt: $unformatted" && exit 1; fi
