@@ -68,12 +68,11 @@ fmt: $(VENV_STAMP) ## format and autofix Python sources
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(VENV_STAMP) ## performance figures of every service, next to their targets
+bench: $(VENV_STAMP) ## performance figures of every service next to their targets; fails on a miss
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-	$(BIN)/python bench/webhook.py
-	$(BIN)/python bench/mutation.py
-	$(BIN)/python bench/labeler.py
-	$(BIN)/python bench/device_plugin.py
+	@missed=0; for name in webhook mutation labeler device_plugin; do \
+	  $(BIN)/python bench/$$name.py || missed=1; \
+	done; exit $$missed
 
 constraints: ## re-pin constraints.txt from the current venv
 	$(BIN)/pip freeze --exclude-editable | sed '/^-e /d' > constraints.txt.new && mv constraints.txt.new constraints.txt

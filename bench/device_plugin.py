@@ -29,7 +29,7 @@ from tests.device_plugin.kubelet import KubeletEmulator  # noqa: E402
 
 COMMAND = str(Path(sys.executable).parent / "gvirtus-device-plugin")
 TARGET_REREGISTER_S = 1.0
-TARGET_RSS_MIB = 50.0
+TARGET_RSS_MIB = 64.0
 IDLE_SECONDS = 3.0
 DEVICE_COUNT = 16
 
@@ -125,12 +125,14 @@ async def bench(restarts: int) -> list[str]:
     ]  # fmt: skip
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--restarts", type=int, default=20, help="kubelet restarts to measure")
     args = parser.parse_args()
-    print("\n".join(asyncio.run(bench(args.restarts))), flush=True)
+    rows = asyncio.run(bench(args.restarts))
+    print("\n".join(rows), flush=True)
+    return 1 if any(row.lstrip().startswith("MISS") for row in rows) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

@@ -97,14 +97,16 @@ def inject_rows(copies: int) -> list[str]:
     ]  # fmt: skip
 
 
-def main() -> None:
+def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--rounds", type=int, default=7, help="timing rounds per figure")
     parser.add_argument("--copies", type=int, default=100, help="copies of the workloads manifest")
     args = parser.parse_args()
     print("pod mutation and injector", flush=True)
-    print("\n".join(mutation_rows(args.rounds) + inject_rows(args.copies)), flush=True)
+    rows = mutation_rows(args.rounds) + inject_rows(args.copies)
+    print("\n".join(rows), flush=True)
+    return 1 if any(row.lstrip().startswith("MISS") for row in rows) else 0
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

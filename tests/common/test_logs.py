@@ -6,9 +6,12 @@ import io
 import json
 import logging
 from collections.abc import Iterator
+from datetime import UTC, datetime
 
 import pytest
 from gvirtus_kai_common import logs
+from hypothesis import given
+from hypothesis import strategies as st
 
 
 @pytest.fixture
@@ -58,10 +61,34 @@ def test_values_json_cannot_encode_are_written_as_text(stderr: io.StringIO) -> N
     assert entry["value"] == "<class 'set'>"
 
 
-def test_log_fields_writes_the_same_object_as_a_record_would(stderr: io.StringIO) -> None:
-    logger = logging.getLogger("gvirtus.test.admission")
-    logs.log_fields(logger, "admission", {"uid": "u1", "outcome": "mutated"})
-    logger.info("admission", extra={"uid": "u1", "outcome": "mutated"})
-    direct, via_record = _lines(stderr)
-    del direct["time"], via_record["time"]
-    assert direct == via_record
+def _isoformat(seconds: float) -> str:
+    return datetime.fromtimestamp(seconds, UTC).isoformat(timespec="milliseconds")
+
+
+@pytest.mark.parametrize(
+    "seconds",
+    [0.0, 1.5, 951782400.001, 1700000000.123456, 1700000000.999, 1704067199.5, 4102444800.25],
+)
+def test_timestamp_is_iso_8601_utc_in_milliseconds(seconds: float) -> None:
+    assert logs.utc_timestamp(seconds) == _isoformat(seconds)
+
+
+# Milliseconds whole, plus a fraction of one that neither format may round up.
+@given(
+    whole_ms=st.integers(min_value=-(10**12), max_value=4 * 10**12),
+    fraction=st.floats(min_value=0.1, max_value=0.9),
+)
+def test_timestamp_agrees_with_datetime_across_seconds(whole_ms: int, fraction: float) -> None:
+    seconds = (whole_ms + fraction) / 1000
+    assert logs.utc_timestamp(seconds) == _isoformat(seconds)
+
+
+def test_short_text_is_not_clipped() -> None:
+    assert logs.clip("trainer-7d4b9") == "trainer-7d4b9"
+
+
+def test_long_text_is_clipped_saying_how_long_it_was() -> None:
+    clipped = logs.clip("x" * 200_000)
+    assert clipped.startswith("x" * logs.CLIP_CHARS + "…")
+    assert clipped.endswith("(clipped, 200000 characters in all)")
+    assert len(clipped) < logs.CLIP_CHARS + 50

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import shutil
 import tempfile
 from collections.abc import AsyncIterator, Callable, Iterator
@@ -59,16 +60,17 @@ async def kubelet(plugin_dir: Path) -> AsyncIterator[KubeletEmulator]:
 
 
 class RunningPlugin:
-    """A DevicePlugin's run() as a task in the test's event loop, stopped like SIGTERM does."""
+    """A DevicePlugin's run() as a task in the test's event loop, stopped as SIGTERM does it:
+    by cancelling the task."""
 
     def __init__(self, plugin: DevicePlugin) -> None:
         self.plugin = plugin
-        self.stop_event = asyncio.Event()
-        self.task = asyncio.create_task(plugin.run(self.stop_event))
+        self.task = asyncio.create_task(plugin.run())
 
     async def stop(self) -> None:
-        self.stop_event.set()
-        await asyncio.wait_for(asyncio.shield(self.task), WAIT_SECONDS)
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await asyncio.wait_for(asyncio.shield(self.task), WAIT_SECONDS)
 
 
 @pytest.fixture

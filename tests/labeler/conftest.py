@@ -9,10 +9,10 @@ from pathlib import Path
 
 import pytest
 from gvirtus_kai_common.backoff import Backoff
-from gvirtus_kai_common.metrics import Registry
 from gvirtus_kai_labeler.controller import Labeler
 from gvirtus_kai_labeler.metrics import Metrics
 from lightkube import AsyncClient, KubeConfig
+from prometheus_client import CollectorRegistry
 
 from tests.kubeapi.fixtures import kube_api, kubeconfig
 from tests.labeler.support import DEFAULTS
@@ -30,12 +30,14 @@ async def client(kubeconfig: Path) -> AsyncIterator[AsyncClient]:
 
 
 @pytest.fixture
-def registry() -> Registry:
-    return Registry()
+def registry() -> CollectorRegistry:
+    return CollectorRegistry()
 
 
 @pytest.fixture
-async def start_labeler(client: AsyncClient, registry: Registry) -> AsyncIterator[StartLabeler]:
+async def start_labeler(
+    client: AsyncClient, registry: CollectorRegistry
+) -> AsyncIterator[StartLabeler]:
     """Start ``Labeler.run()`` as a task (fast backoff for tests); cancelled after the test."""
     tasks: list[asyncio.Task[None]] = []
 

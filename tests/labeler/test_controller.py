@@ -7,10 +7,10 @@ import logging
 
 import pytest
 from gvirtus_kai_common.backoff import Backoff
-from gvirtus_kai_common.metrics import Registry
 from gvirtus_kai_labeler.controller import ApiFailure, Labeler, NodeNotFound
 from gvirtus_kai_labeler.metrics import Metrics
 from lightkube import AsyncClient
+from prometheus_client import CollectorRegistry
 
 from tests.kubeapi.server import MERGE_PATCH, FakeKubeApi, RecordedRequest, status_object
 from tests.labeler.conftest import StartLabeler
@@ -168,7 +168,7 @@ async def test_a_deleted_label_is_restored_from_the_watch_event_without_listing_
 
 
 async def test_a_concurrent_operator_write_wins(
-    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: Registry
+    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: CollectorRegistry
 ) -> None:
     kube_api.add_node("n1")
     # The operator opts the node in as a backend between the labeler's read and its write.
@@ -209,7 +209,7 @@ async def test_an_operator_setting_the_label_while_it_is_missing_keeps_its_value
 
 
 async def test_server_errors_are_retried_until_the_label_is_written(
-    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: Registry
+    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: CollectorRegistry
 ) -> None:
     kube_api.add_node("n1")
     kube_api.fail_next(3, 500, method="PATCH")
@@ -234,7 +234,7 @@ async def test_a_failed_restore_is_retried_from_the_same_watch_event(
 
 
 async def test_the_api_going_down_and_coming_back_is_survived(
-    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: Registry
+    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: CollectorRegistry
 ) -> None:
     labeler = await running_on_a_labelled_node(kube_api, start_labeler)
 
@@ -265,7 +265,7 @@ async def test_a_dropped_watch_resumes_from_the_last_seen_version(
 
 
 async def test_an_error_event_inside_the_watch_is_retried_from_the_last_version(
-    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: Registry
+    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: CollectorRegistry
 ) -> None:
     await running_on_a_labelled_node(kube_api, start_labeler)
 
@@ -279,7 +279,7 @@ async def test_an_error_event_inside_the_watch_is_retried_from_the_last_version(
 
 
 async def test_an_expired_watch_lists_again_and_resumes(
-    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: Registry
+    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: CollectorRegistry
 ) -> None:
     await running_on_a_labelled_node(kube_api, start_labeler)
 
@@ -310,7 +310,7 @@ async def test_changes_missed_beyond_the_history_window_are_caught_by_listing_ag
 async def test_forbidden_names_the_missing_permission_and_is_retried(
     kube_api: FakeKubeApi,
     start_labeler: StartLabeler,
-    registry: Registry,
+    registry: CollectorRegistry,
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.INFO)
@@ -335,7 +335,7 @@ async def test_forbidden_names_the_missing_permission_and_is_retried(
 
 
 async def test_a_long_lived_watch_is_reopened_each_window_without_listing(
-    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: Registry
+    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: CollectorRegistry
 ) -> None:
     kube_api.add_node("n1")
     await start_labeler(watch_window=0.2)
@@ -368,7 +368,7 @@ async def test_every_added_label_is_logged_with_node_key_and_value(
 
 
 async def test_all_nodes_mode_lists_in_pages_and_labels_many_nodes_through_one_watch(
-    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: Registry
+    kube_api: FakeKubeApi, start_labeler: StartLabeler, registry: CollectorRegistry
 ) -> None:
     names = [f"node-{i:03d}" for i in range(150)]
     for name in names:
@@ -395,7 +395,7 @@ async def test_all_nodes_mode_lists_in_pages_and_labels_many_nodes_through_one_w
 
 
 async def test_health_follows_the_control_loop(
-    kube_api: FakeKubeApi, client: AsyncClient, registry: Registry
+    kube_api: FakeKubeApi, client: AsyncClient, registry: CollectorRegistry
 ) -> None:
     kube_api.add_node("n1")
     labeler = Labeler(client, DEFAULTS, Metrics(registry), node_name="n1")
@@ -416,7 +416,7 @@ def once_labeler(client: AsyncClient, node_name: str | None = "n1") -> Labeler:
     return Labeler(
         client,
         DEFAULTS,
-        Metrics(Registry()),
+        Metrics(CollectorRegistry()),
         node_name=node_name,
         backoff=Backoff(initial=0.01, maximum=0.05),
     )

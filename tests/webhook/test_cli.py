@@ -338,5 +338,5 @@ def test_invalid_settings_fail_naming_the_setting() -> None:
         "inject", "-f", str(WORKLOADS), "--backend-address", BACKEND_IP,
         env={"GVIRTUS_KAI_BACKEND_PORT": "0"},
     )  # fmt: skip
-    assert result.returncode == 1
+    assert result.returncode == 2
     assert "GVIRTUS_KAI_BACKEND_PORT" in result.stderr

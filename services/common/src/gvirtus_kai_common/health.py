@@ -1,24 +1,37 @@
 """A tiny asyncio HTTP server for ``/healthz``, ``/readyz`` and ``/metrics``.
 
-The labeler and the device plugin are not web services; pulling in a web framework only for three
-read-only endpoints would cost memory and start-up time, so this speaks just enough HTTP/1.1.
+The labeler, the device plugin and the controller are not web services; a web framework only for
+three read-only endpoints would cost memory and start-up time, so this speaks just enough HTTP/1.1:
+one request per connection, answered and closed. Anyone who can reach the port can connect, so
+every connection is bounded: the whole request head must arrive within ``request_timeout`` of
+the connection opening (which also closes idle connections), it may be at most
+``MAX_HEAD_BYTES`` long (else 431), and at most ``max_connections`` are open at once (the excess
+is closed at once, counted, and logged).
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable
 
-from gvirtus_kai_common.metrics import CONTENT_TYPE, Registry
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], bool]
 
+MAX_HEAD_BYTES = 8 * 1024  # a probe or a scrape sends a few hundred bytes
+REQUEST_TIMEOUT_SECONDS = 5.0  # from connect to the answer written
+MAX_CONNECTIONS = 64
+REFUSAL_LOG_INTERVAL_SECONDS = 10.0  # a connection flood logs one warning per interval
+
+_HEAD_END = b"\r\n\r\n"
+
 
 class HealthServer:
-    """Serves ``GET /healthz``, ``GET /readyz`` and ``GET /metrics``.
+    """Serves ``GET``/``HEAD`` of ``/healthz``, ``/readyz`` and ``/metrics``.
 
     ``/healthz`` (liveness) is 200 when ``is_healthy()``, else 503; ``/readyz`` (readiness) the
     same for ``is_ready()``, which defaults to the health check: a process that can be alive but
@@ -30,15 +43,27 @@ class HealthServer:
         host: str,
         port: int,
         is_healthy: HealthCheck = lambda: True,
-        registry: Registry | None = None,
+        registry: CollectorRegistry | None = None,
         *,
         is_ready: HealthCheck | None = None,
+        max_connections: int = MAX_CONNECTIONS,
+        request_timeout: float = REQUEST_TIMEOUT_SECONDS,
     ) -> None:
         self._host = host
         self._port = port
         self._is_healthy = is_healthy
         self._is_ready = is_ready if is_ready is not None else is_healthy
-        self._registry = registry if registry is not None else Registry()
+        self._registry = registry if registry is not None else CollectorRegistry()
+        self._max_connections = max_connections
+        self._request_timeout = request_timeout
+        self._open = 0
+        self._refused_since_warning = 0
+        self._last_warning = float("-inf")
+        self._refused = Counter(
+            "gvirtus_health_connections_refused",
+            "Connections to the health and metrics port closed at once: too many were open.",
+            registry=self._registry,
+        )
         self._server: asyncio.Server | None = None
 
     @property
@@ -49,7 +74,10 @@ class HealthServer:
         return int(self._server.sockets[0].getsockname()[1])
 
     async def start(self) -> None:
-        self._server = await asyncio.start_server(self._handle, self._host, self._port)
+        # ``limit`` caps what the stream buffers while looking for the end of the head.
+        self._server = await asyncio.start_server(
+            self._handle, self._host, self._port, limit=MAX_HEAD_BYTES
+        )
         log.info("health server listening", extra={"host": self._host, "port": self.port})
 
     async def stop(self) -> None:
@@ -59,24 +87,46 @@ class HealthServer:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        if self._open >= self._max_connections:
+            self._refuse()
+            writer.transport.abort()
+            return
+        self._open += 1
         try:
-            request_line = await asyncio.wait_for(reader.readline(), timeout=5)
-            # Drain headers; we never read a body.
-            while await asyncio.wait_for(reader.readline(), timeout=5) not in (b"\r\n", b"\n", b""):
-                pass
-            status, content_type, body = self._respond(request_line)
-            head = (
-                f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
-                f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
-            )
-            # HEAD gets the headers GET would, without the body.
-            writer.write(head.encode() + (b"" if request_line.startswith(b"HEAD ") else body))
-            await writer.drain()
-        except (TimeoutError, ConnectionError, ValueError):
-            # ValueError: a request or header line over the stream limit; nothing to answer.
-            pass
+            async with asyncio.timeout(self._request_timeout):
+                try:
+                    head = await reader.readuntil(_HEAD_END)
+                except asyncio.LimitOverrunError:
+                    answer = ("431 Request Header Fields Too Large", "text/plain", b"too long\n")
+                    head = b""
+                else:
+                    answer = self._respond(head.split(b"\r\n", 1)[0])
+                status, content_type, body = answer
+                response = (
+                    f"HTTP/1.1 {status}\r\nContent-Type: {content_type}\r\n"
+                    f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+                ).encode()
+                # HEAD gets the headers GET would, without the body.
+                writer.write(response if head.startswith(b"HEAD ") else response + body)
+                await writer.drain()
+        except (TimeoutError, ConnectionError, asyncio.IncompleteReadError):
+            # A slow, idle or vanished client: drop it, with anything it has not read.
+            writer.transport.abort()
         finally:
+            self._open -= 1
             writer.close()
+
+    def _refuse(self) -> None:
+        self._refused.inc()
+        self._refused_since_warning += 1
+        now = time.monotonic()
+        if now - self._last_warning >= REFUSAL_LOG_INTERVAL_SECONDS:
+            log.warning(
+                "too many connections to the health port; closing new ones",
+                extra={"open": self._open, "refused": self._refused_since_warning},
+            )
+            self._last_warning = now
+            self._refused_since_warning = 0
 
     def _respond(self, request_line: bytes) -> tuple[str, str, bytes]:
         parts = request_line.decode("latin-1").split()
@@ -92,5 +142,5 @@ class HealthServer:
                 return "200 OK", "text/plain", b"ready\n"
             return "503 Service Unavailable", "text/plain", b"not ready\n"
         if path == "/metrics":
-            return "200 OK", CONTENT_TYPE, self._registry.exposition()
+            return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
         return "404 Not Found", "text/plain", b"not found\n"

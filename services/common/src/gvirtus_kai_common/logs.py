@@ -12,21 +12,27 @@ from typing import Any
 _BLANK_RECORD = logging.LogRecord("", 0, "", 0, "", None, None)
 _STANDARD_ATTRS = frozenset(vars(_BLANK_RECORD).keys() | {"message", "asctime", "taskName"})
 
+# Longest user-supplied text a log line or an error message repeats (a Kubernetes name is 253).
+CLIP_CHARS = 256
 
-# (second, "YYYY-MM-DDTHH:MM:SS") of the last line: formatting a date is the costly part of a
-# timestamp, and lines come many to a second.
-_formatted_second: tuple[int, str] = (-1, "")
+
+def clip(value: object, limit: int = CLIP_CHARS) -> str:
+    """``str(value)``, cut to ``limit`` characters with a note of how long it was.
+
+    Every string a client sent goes through this before it reaches a log line or a message, so a
+    hostile 200 KB annotation cannot make a 200 KB log line.
+    """
+    text = value if isinstance(value, str) else str(value)
+    if len(text) <= limit:
+        return text
+    return f"{text[:limit]}… (clipped, {len(text)} characters in all)"
 
 
 def utc_timestamp(seconds: float) -> str:
     """Seconds since the epoch as ISO 8601 UTC in milliseconds: 2024-05-01T12:00:00.250+00:00."""
-    global _formatted_second
     whole = int(seconds // 1)  # floor, also before 1970
-    cached = _formatted_second
-    if cached[0] != whole:
-        cached = (whole, time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)))
-        _formatted_second = cached
-    return f"{cached[1]}.{int((seconds - whole) * 1000):03d}+00:00"
+    milliseconds = int((seconds - whole) * 1000)
+    return f"{time.strftime('%Y-%m-%dT%H:%M:%S', time.gmtime(whole))}.{milliseconds:03d}+00:00"
 
 
 class JsonFormatter(logging.Formatter):
@@ -45,57 +51,10 @@ class JsonFormatter(logging.Formatter):
         return json.dumps(entry, default=str)
 
 
-_handler: logging.StreamHandler[Any] | None = None  # the one setup_logging installed
-_ENCODER = json.JSONEncoder(default=str)  # json.dumps(default=...) builds one per call
-
-
 def setup_logging(level: str = "info") -> None:
     """Route the root logger to stderr as JSON lines at ``level``."""
-    global _handler
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    _handler = handler
-
-
-def _only_our_handler(logger: logging.Logger) -> logging.StreamHandler[Any] | None:
-    """setup_logging's handler if it is the only place a record from ``logger`` would go."""
-    node: logging.Logger | None = logger
-    while node is not None and node is not logging.root:
-        if node.handlers or node.filters or not node.propagate:
-            return None
-        node = node.parent
-    root_handlers = logging.root.handlers
-    if len(root_handlers) != 1 or root_handlers[0] is not _handler or logging.root.filters:
-        return None
-    return _handler
-
-
-def log_fields(logger: logging.Logger, msg: str, fields: dict[str, Any]) -> None:
-    """``logger.info(msg, extra=fields)`` for per-request lines on a hot path.
-
-    When the line would only reach setup_logging's handler, it is written directly: the same JSON
-    object, without building a LogRecord and scanning its attributes (several times cheaper).
-    Any other logging set-up (a test's capture handler, extra handlers) gets a normal record.
-    """
-    if not logger.isEnabledFor(logging.INFO):
-        return
-    handler = _only_our_handler(logger)
-    if handler is None:
-        logger.info(msg, extra=fields, stacklevel=2)
-        return
-    entry = {
-        "time": utc_timestamp(time.time()),
-        "level": "info",
-        "logger": logger.name,
-        "msg": msg,
-        **fields,
-    }
-    line = _ENCODER.encode(entry) + "\n"
-    lock = handler.lock
-    assert lock is not None  # every Handler.__init__ creates it
-    with lock:
-        handler.stream.write(line)
-        handler.stream.flush()

@@ -1,12 +1,23 @@
-"""Conventions every service's settings class shares: the env prefix, log levels, clear errors."""
+"""Settings every service shares: the ``GVIRTUS_KAI_`` environment, usage text, clear errors.
+
+Each service's ``Settings`` subclasses ``ServiceSettings`` (or ``HealthServerSettings``), and its
+console script calls ``load_settings``: ``--help`` lists every setting with its variable and
+default, and a bad value exits 2 with one line per variable to fix.
+"""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+import argparse
+import sys
+from collections.abc import Mapping, Sequence
+from pathlib import PurePath
+from typing import Annotated, Any, Literal, TypeVar
 
-from pydantic import BeforeValidator, ValidationError
+from pydantic import BaseModel, BeforeValidator, Field, ValidationError
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 ENV_PREFIX = "GVIRTUS_KAI_"
+EXIT_BAD_SETTINGS = 2  # the same code argparse uses for a bad command line
 
 
 def _lower(value: object) -> object:
@@ -15,6 +26,55 @@ def _lower(value: object) -> object:
 
 # ``LOG_LEVEL=INFO`` is as good as ``info``.
 LogLevel = Annotated[Literal["debug", "info", "warning", "error"], BeforeValidator(_lower)]
+
+
+class ServiceSettings(BaseSettings):
+    """The base of every service's settings: env prefix, read-only, the shared fields."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
+
+    log_level: LogLevel = Field("info", description="debug, info, warning or error")
+
+
+class HealthServerSettings(ServiceSettings):
+    """Services that serve ``/healthz``, ``/readyz`` and ``/metrics`` on their own port."""
+
+    health_host: str = Field("0.0.0.0", description="address of /healthz, /readyz, /metrics")
+    health_port: int = Field(8080, ge=0, le=65535, description="their port (0: any free port)")
+
+
+S = TypeVar("S", bound=ServiceSettings)
+
+
+def _show(value: Any) -> str:
+    """A default as an operator would write it in the environment variable."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, str | int | float | PurePath):
+        return str(value)
+    if isinstance(value, Mapping):
+        return ",".join(f"{key}={item}" for key, item in value.items())
+    if isinstance(value, BaseModel):
+        return ":".join(_show(item) for item in value.model_dump().values())
+    if isinstance(value, Sequence):
+        return ",".join(_show(item) for item in value)
+    return repr(value)
+
+
+def settings_usage(cls: type[ServiceSettings]) -> str:
+    """Every setting of ``cls``: its environment variable, default and description."""
+    rows = []
+    for name, field in cls.model_fields.items():
+        default = field.get_default(call_default_factory=True)
+        variable = ENV_PREFIX + name.upper()
+        rows.append((variable, _show(default) or '""', field.description or ""))
+    width = max(len(variable) for variable, _, _ in rows)
+    lines = ["settings (environment variable, default, meaning):"]
+    for variable, default, description in rows:
+        lines.append(f"  {variable:<{width}}  {default}")
+        if description:
+            lines.append(f"  {'':<{width}}    {description}")
+    return "\n".join(lines)
 
 
 def describe_settings_error(error: ValidationError) -> list[str]:
@@ -27,3 +87,35 @@ def describe_settings_error(error: ValidationError) -> list[str]:
         got = got if len(got) <= 80 else got[:77] + "..."
         lines.append(f"{variable}: {message} (got {got})")
     return lines
+
+
+def settings_or_exit(cls: type[S], program: str) -> S:
+    """``cls()`` from the environment, or exit 2 printing one line per bad variable."""
+    try:
+        return cls()
+    except ValidationError as error:
+        lines = describe_settings_error(error)
+        print(f"{program}: invalid settings:", *lines, sep="\n  ", file=sys.stderr)
+        sys.exit(EXIT_BAD_SETTINGS)
+
+
+def load_settings(
+    cls: type[S],
+    program: str,
+    argv: Sequence[str] | None = None,
+    *,
+    description: str | None = None,
+    parser: argparse.ArgumentParser | None = None,
+    flags: argparse.Namespace | None = None,
+) -> S:
+    """Parse the command line, then read the settings; what every console script starts with.
+
+    ``--help``/``-h`` prints usage listing every setting and exits 0; a bad setting exits 2.
+    A program with flags of its own passes its ``parser``; the parsed flags land in ``flags``.
+    """
+    if parser is None:
+        parser = argparse.ArgumentParser(prog=program, description=description)
+    parser.formatter_class = argparse.RawDescriptionHelpFormatter
+    parser.epilog = settings_usage(cls)
+    parser.parse_args(argv, namespace=flags)
+    return settings_or_exit(cls, program)

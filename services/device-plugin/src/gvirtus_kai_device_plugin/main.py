@@ -2,17 +2,16 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import logging
 import sys
+from collections.abc import Sequence
 
 from gvirtus_kai_common.health import HealthServer
 from gvirtus_kai_common.logs import setup_logging
-from gvirtus_kai_common.metrics import Registry
-from gvirtus_kai_common.settings import ENV_PREFIX, describe_settings_error
-from gvirtus_kai_common.shutdown import stop_event_on_signals
-from pydantic import ValidationError
+from gvirtus_kai_common.settings import ENV_PREFIX, EXIT_BAD_SETTINGS, load_settings
+from gvirtus_kai_common.shutdown import run_until_stopped
+from prometheus_client import CollectorRegistry
 
 from gvirtus_kai_device_plugin import files
 from gvirtus_kai_device_plugin.plugin import DevicePlugin
@@ -20,7 +19,7 @@ from gvirtus_kai_device_plugin.settings import Settings
 
 log = logging.getLogger("gvirtus_kai_device_plugin")
 
-EXIT_BAD_SETTINGS = 2
+PROGRAM = "gvirtus-device-plugin"
 
 
 def check_directories(settings: Settings) -> list[str]:
@@ -38,8 +37,7 @@ def check_directories(settings: Settings) -> list[str]:
 
 
 async def serve(settings: Settings) -> None:
-    stop = stop_event_on_signals()
-    registry = Registry()
+    registry = CollectorRegistry()
     plugin = DevicePlugin(settings, registry)
     # Outside the restart loop: a kubelet restart must not take the probe endpoint down.
     # Alive while the control loop runs; ready only while the kubelet holds our registration,
@@ -53,30 +51,17 @@ async def serve(settings: Settings) -> None:
     )
     await health.start()
     try:
-        await plugin.run(stop)
+        await run_until_stopped(plugin.run())
     finally:
         await health.stop()
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(
-        prog="gvirtus-device-plugin",
-        description=__doc__,
-        epilog=f"Configured by {ENV_PREFIX}* environment variables (see the README).",
-    )
-    parser.parse_args(argv)
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        setup_logging("info")
-        for line in describe_settings_error(error):
-            log.error("invalid setting %s", line)
-        sys.exit(EXIT_BAD_SETTINGS)
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load_settings(Settings, PROGRAM, argv, description=__doc__)
     setup_logging(settings.log_level)
     problems = check_directories(settings)
     if problems:
-        for problem in problems:
-            log.error("invalid setting %s", problem)
+        print(f"{PROGRAM}: invalid settings:", *problems, sep="\n  ", file=sys.stderr)
         sys.exit(EXIT_BAD_SETTINGS)
     log.info(
         "starting",

@@ -9,7 +9,6 @@ the delay between a new ``kubelet.sock`` and our registration to about 100 ms pl
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 from pathlib import Path
@@ -17,7 +16,7 @@ from typing import Any, NamedTuple
 
 import grpc
 from gvirtus_kai_common.backoff import Backoff
-from gvirtus_kai_common.metrics import Registry
+from prometheus_client import CollectorRegistry
 
 from gvirtus_kai_device_plugin import devices, files
 from gvirtus_kai_device_plugin.api import API_VERSION, api_pb2, api_pb2_grpc
@@ -52,10 +51,11 @@ def identity(path: Path) -> FileIdentity | None:
 
 
 class DevicePlugin:
-    def __init__(self, settings: Settings, registry: Registry | None = None) -> None:
+    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
         self.settings = settings
         self.state = DeviceState(devices.device_ids(settings.device_count))
-        self.metrics = Metrics(registry if registry is not None else Registry())
+        self.registry = registry if registry is not None else CollectorRegistry()
+        self.metrics = Metrics(self.registry)
         self.metrics.devices.set(settings.device_count)
         self.running = False
         # True while the kubelet holds our registration: what /readyz reports.
@@ -64,22 +64,13 @@ class DevicePlugin:
         self._service: DevicePluginService | None = None
         self._backoff = Backoff(initial=0.2, maximum=10.0)
 
-    async def run(self, stop: asyncio.Event) -> None:
-        """Serve until ``stop`` is set; then remove our socket and CDI spec."""
+    async def run(self) -> None:
+        """Serve and stay registered until cancelled; then remove our socket and CDI spec."""
         self.running = True
         try:
             self.write_cdi_spec()
-            cycles = asyncio.create_task(self._cycles(stop))
-            stopping = asyncio.create_task(stop.wait())
-            await asyncio.wait({cycles, stopping}, return_when=asyncio.FIRST_COMPLETED)
-            stopping.cancel()
-            if not cycles.done():
-                # Polls and sleeps notice the stop at once; an RPC in flight to a kubelet that
-                # does not answer could take RPC_TIMEOUT_SECONDS, far beyond the pod's patience.
-                await asyncio.wait({cycles}, timeout=STOP_GRACE_SECONDS)
-                cycles.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await cycles
+            while True:
+                await self._serve_and_register_once()
         finally:
             self.running = False
             self._set_registered(False)
@@ -87,16 +78,12 @@ class DevicePlugin:
             files.remove_quietly(self.settings.cdi_spec_path)
             log.info("stopped; socket and CDI spec removed")
 
-    async def _cycles(self, stop: asyncio.Event) -> None:
-        while not stop.is_set():
-            await self._serve_and_register_once(stop)
-
     def write_cdi_spec(self) -> None:
         spec = devices.cdi_spec(self.settings.cdi_kind, self.state.ids)
         files.write_atomically(self.settings.cdi_spec_path, spec)
         log.info("CDI spec written", extra={"path": str(self.settings.cdi_spec_path)})
 
-    async def _serve_and_register_once(self, stop: asyncio.Event) -> None:
+    async def _serve_and_register_once(self) -> None:
         """One incarnation: fresh server and socket, registration, watch until it must restart."""
         try:
             await self._start_server()
@@ -104,13 +91,12 @@ class DevicePlugin:
         except (OSError, RuntimeError, grpc.aio.AioRpcError) as error:
             log.error("could not serve our socket", extra={"error": _describe(error)})
             await self._stop_server()
-            await _sleep_unless(stop, self._backoff.next_delay())
+            await asyncio.sleep(self._backoff.next_delay())
             return
-        registered_with = await self._register_until_accepted(stop)
+        registered_with = await self._register_until_accepted()
         if registered_with is not None:
-            reason = await self._watch(stop, registered_with)
-            if reason is not None:
-                log.info("serving and registering again", extra={"reason": reason})
+            reason = await self._watch(registered_with)
+            log.info("serving and registering again", extra={"reason": reason})
         self._set_registered(False)
         await self._stop_server()
 
@@ -152,11 +138,11 @@ class DevicePlugin:
             ),
         )
 
-    async def _register_until_accepted(self, stop: asyncio.Event) -> FileIdentity | None:
+    async def _register_until_accepted(self) -> FileIdentity | None:
         """Register, retrying with backoff; returns the kubelet socket we registered with, or
-        None when stopping or when our own socket vanished (the caller then restarts)."""
+        None when our own socket vanished (the caller then restarts)."""
         kubelet_socket = self.settings.kubelet_socket
-        while not stop.is_set():
+        while True:
             if not self.settings.socket_path.exists():
                 return None
             attempted_with = identity(kubelet_socket)
@@ -175,7 +161,7 @@ class DevicePlugin:
                         "attempt": self._backoff.attempts,
                     },
                 )
-                await self._wait_for_retry(stop, delay, attempted_with)
+                await self._wait_for_retry(delay, attempted_with)
                 continue
             self._backoff.reset()
             self.metrics.registrations.inc()
@@ -189,32 +175,27 @@ class DevicePlugin:
                 },
             )
             return attempted_with
-        return None
 
-    async def _wait_for_retry(
-        self, stop: asyncio.Event, delay: float, attempted_with: FileIdentity | None
-    ) -> None:
-        """Sleep ``delay``, cut short by stop or by a new kubelet socket (a kubelet that just
-        started is worth trying at once: that is what keeps re-registration under a second)."""
+    async def _wait_for_retry(self, delay: float, attempted_with: FileIdentity | None) -> None:
+        """Sleep ``delay``, cut short by a new kubelet socket (a kubelet that just started is
+        worth trying at once: that is what keeps re-registration under a second)."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + delay
-        while not stop.is_set() and loop.time() < deadline:
+        while loop.time() < deadline:
             current = identity(self.settings.kubelet_socket)
             if current is not None and current != attempted_with:
                 return
-            await _sleep_unless(stop, min(POLL_SECONDS, max(0.0, deadline - loop.time())))
+            await asyncio.sleep(min(POLL_SECONDS, max(0.0, deadline - loop.time())))
 
     def _set_registered(self, registered: bool) -> None:
         self.registered = registered
         self.metrics.registered.set(1 if registered else 0)
 
-    async def _watch(self, stop: asyncio.Event, registered_with: FileIdentity | None) -> str | None:
-        """Wait until something forces a new registration; returns why (None: stopping)."""
+    async def _watch(self, registered_with: FileIdentity | None) -> str:
+        """Wait until something forces a new registration; returns why."""
         kubelet_gone = False
-        while not stop.is_set():
-            await _sleep_unless(stop, POLL_SECONDS)
-            if stop.is_set():
-                break
+        while True:
+            await asyncio.sleep(POLL_SECONDS)
             if not self.settings.socket_path.exists():
                 return "our socket was removed"
             current = identity(self.settings.kubelet_socket)
@@ -227,16 +208,10 @@ class DevicePlugin:
                     kubelet_gone = True
             elif kubelet_gone or current != registered_with:
                 return "kubelet.sock was re-created (kubelet restart)"
-        return None
 
 
 def _channel(socket_path: Path) -> Any:
     return grpc.aio.insecure_channel(f"unix://{socket_path}", options=CHANNEL_OPTIONS)
-
-
-async def _sleep_unless(stop: asyncio.Event, seconds: float) -> None:
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), timeout=seconds)
 
 
 def _describe(error: BaseException) -> str:

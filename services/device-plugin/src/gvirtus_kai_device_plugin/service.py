@@ -8,16 +8,16 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 import grpc
-from gvirtus_kai_common.metrics import Counter, Gauge, Registry
+from prometheus_client import CollectorRegistry, Counter, Gauge
 
 from gvirtus_kai_device_plugin import devices
-from gvirtus_kai_device_plugin.api import HEALTHY, UNHEALTHY, api_pb2
+from gvirtus_kai_device_plugin.api import HEALTHY, api_pb2
 
 log = logging.getLogger(__name__)
 
 
 class Metrics:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.registered = Gauge(
             "gvirtus_device_plugin_registered",
             "1 while the kubelet has accepted our registration, else 0",
@@ -44,29 +44,15 @@ class Metrics:
 
 
 class DeviceState:
-    """The advertised devices and their health; ``version`` changes whenever the list does."""
+    """The advertised devices. Nothing backs a virtual slot, so each is always healthy."""
 
     def __init__(self, ids: list[str]) -> None:
         self.ids = frozenset(ids)
-        self._health = dict.fromkeys(devices.sort_ids(ids), HEALTHY)
-        self.version = 0
-        self.changed = asyncio.Condition()
 
     def snapshot(self) -> api_pb2.ListAndWatchResponse:
         return api_pb2.ListAndWatchResponse(
-            devices=[api_pb2.Device(ID=i, health=h) for i, h in self._health.items()]
+            devices=[api_pb2.Device(ID=i, health=HEALTHY) for i in devices.sort_ids(self.ids)]
         )
-
-    async def set_healthy(self, device_id: str, healthy: bool) -> None:
-        """Change one device's health; ListAndWatch streams send the new list."""
-        devices.check_known([device_id], self.ids)
-        health = HEALTHY if healthy else UNHEALTHY
-        if self._health[device_id] == health:
-            return
-        async with self.changed:
-            self._health[device_id] = health
-            self.version += 1
-            self.changed.notify_all()
 
 
 class DevicePluginService:
@@ -79,13 +65,11 @@ class DevicePluginService:
         self._state = state
         self._cdi_kind = cdi_kind
         self._metrics = metrics
-        self._closing = False
+        self._closing = asyncio.Event()
 
     async def close(self) -> None:
         """End every ListAndWatch stream cleanly (status OK) before the server goes down."""
-        async with self._state.changed:
-            self._closing = True
-            self._state.changed.notify_all()
+        self._closing.set()
 
     async def GetDevicePluginOptions(
         self, request: api_pb2.Empty, context: Any
@@ -98,19 +82,10 @@ class DevicePluginService:
         self, request: api_pb2.Empty, context: Any
     ) -> AsyncIterator[api_pb2.ListAndWatchResponse]:
         log.info("kubelet watching devices", extra={"devices": len(self._state.ids)})
-        sent_version = -1
-
-        def must_send_or_end() -> bool:
-            return self._closing or self._state.version != sent_version
-
-        while True:
-            async with self._state.changed:
-                await self._state.changed.wait_for(must_send_or_end)
-                if self._closing:
-                    return
-                sent_version = self._state.version
-                response = self._state.snapshot()
-            yield response
+        # The list never changes while we serve: send it once, keep the stream open until
+        # closing, as the kubelet expects of a healthy plugin.
+        yield self._state.snapshot()
+        await self._closing.wait()
 
     async def GetPreferredAllocation(
         self, request: api_pb2.PreferredAllocationRequest, context: Any

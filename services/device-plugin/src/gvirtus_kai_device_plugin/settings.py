@@ -6,9 +6,8 @@ import re
 from pathlib import Path
 
 from gvirtus_kai_common.labels import is_dns_subdomain
-from gvirtus_kai_common.settings import ENV_PREFIX, LogLevel
+from gvirtus_kai_common.settings import HealthServerSettings
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
 
 _QUALIFIED_NAME = re.compile(r"^[A-Za-z0-9]([-A-Za-z0-9_.]{0,61}[A-Za-z0-9])?$")
 # CDI names (container-device-interface parser rules, spec 0.5.0 which is what we write):
@@ -18,17 +17,16 @@ _CDI_VENDOR = re.compile(r"^[A-Za-z]([-A-Za-z0-9_.]*[A-Za-z0-9])?$")
 _CDI_CLASS = re.compile(r"^[A-Za-z]([-A-Za-z0-9_]*[A-Za-z0-9])?$")
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
-
-    resource_name: str = "nvidia.com/gpu"
-    device_count: int = Field(16, ge=1, le=1024)
-    plugin_dir: Path = Path("/var/lib/kubelet/device-plugins")
-    cdi_dir: Path = Path("/var/run/cdi")
-    cdi_kind: str = "gvirtus.io/vgpu"
-    health_host: str = "0.0.0.0"
-    health_port: int = Field(8080, ge=0, le=65535)
-    log_level: LogLevel = "info"
+class Settings(HealthServerSettings):
+    resource_name: str = Field(
+        "nvidia.com/gpu", description="extended resource advertised to the kubelet"
+    )
+    device_count: int = Field(16, ge=1, le=1024, description="virtual GPU slots on the node")
+    plugin_dir: Path = Field(
+        Path("/var/lib/kubelet/device-plugins"), description="the kubelet's device plugin dir"
+    )
+    cdi_dir: Path = Field(Path("/var/run/cdi"), description="where the CDI spec is written")
+    cdi_kind: str = Field("gvirtus.io/vgpu", description="CDI kind of the virtual devices")
 
     @field_validator("resource_name")
     @classmethod

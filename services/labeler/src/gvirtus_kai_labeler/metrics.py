@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from gvirtus_kai_common.metrics import Counter, Registry
+from prometheus_client import CollectorRegistry, Counter
 
 
 class Metrics:
-    def __init__(self, registry: Registry) -> None:
+    def __init__(self, registry: CollectorRegistry) -> None:
         self.labels_added = Counter(
             "gvirtus_labeler_labels_added",
             "Labels the labeler added to nodes that lacked them.",

@@ -5,9 +5,9 @@ from __future__ import annotations
 from typing import Annotated
 
 from gvirtus_kai_common.labels import label_key_problem, label_value_problem
-from gvirtus_kai_common.settings import ENV_PREFIX, LogLevel
+from gvirtus_kai_common.settings import HealthServerSettings
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
 DEFAULT_LABELS = "gvirtus.io/frontend.allowed=true,gvirtus.io/backend.allowed=false"
 
@@ -38,17 +38,14 @@ def parse_labels(text: str) -> dict[str, str]:
     return labels
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
-
-    # The node this pod runs on (downward API ``spec.nodeName``); unused with --all-nodes.
-    node_name: str = ""
-    labels: Annotated[dict[str, str], NoDecode] = Field(
-        default_factory=lambda: parse_labels(DEFAULT_LABELS)
+class Settings(HealthServerSettings):
+    node_name: str = Field(
+        "", description="the node to label (downward API spec.nodeName); unused with --all-nodes"
     )
-    health_host: str = "0.0.0.0"
-    health_port: int = Field(8080, ge=0, le=65535)  # 0 picks a free port (tests, local runs)
-    log_level: LogLevel = "info"
+    labels: Annotated[dict[str, str], NoDecode] = Field(
+        default_factory=lambda: parse_labels(DEFAULT_LABELS),
+        description="labels added where their key is missing: key=value,key=value",
+    )
 
     @field_validator("labels", mode="before")
     @classmethod

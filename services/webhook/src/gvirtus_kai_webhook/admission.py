@@ -14,7 +14,6 @@ from collections.abc import Mapping
 from typing import Any, NamedTuple, NotRequired, TypedDict
 
 import orjson
-from gvirtus_kai_common.logs import log_fields
 from pydantic import ValidationError
 
 from .dns import BackendResolutionError, BackendResolver
@@ -163,7 +162,7 @@ class AdmissionReviewer:
             }
             if "status" in response:
                 fields["reason"] = response["status"]["message"]
-            log_fields(log, "admission", fields)
+            log.info("admission", extra=fields)
         return HttpReply(200, payload)
 
     async def _decide(self, request: dict[str, Any], uid: str) -> tuple[Outcome, _ResponseBody]:

@@ -4,7 +4,7 @@ Reads multi-document YAML, mutates every Pod and workload pod template that carr
 ``gvirtus.io/enabled: "true"`` label (on the pod template, exactly what the webhook would see) and
 writes the result to stdout. Nothing is written unless every document succeeded.
 
-Exit codes: 0 success, 1 an input, settings, DNS or mutation error, 2 bad command-line usage.
+Exit codes: 0 success, 1 an input, DNS or mutation error, 2 bad command-line usage or settings.
 """
 
 from __future__ import annotations
@@ -22,14 +22,14 @@ from typing import Any, TextIO
 
 import yaml
 from gvirtus_kai_common.logs import setup_logging
-from gvirtus_kai_common.settings import describe_settings_error
-from pydantic import ValidationError
+from gvirtus_kai_common.settings import load_settings, settings_usage
 
 from .mutation import MutationDenied, is_enabled, mutate_pod
 from .patching import apply_patch
 from .settings import STRATEGIES, Settings
 from .workloads import PodSite, pod_sites
 
+PROGRAM = "gvirtus-kai"
 EXIT_OK = 0
 EXIT_FAILED = 1
 
@@ -72,7 +72,7 @@ def _package_version() -> str:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="gvirtus-kai",
+        prog=PROGRAM,
         description="GVirtuS-KAI tools. Settings come from GVIRTUS_KAI_* environment variables.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {_package_version()}")
@@ -86,6 +86,8 @@ def build_parser() -> argparse.ArgumentParser:
             "gvirtus.io/enabled=true, as the admission webhook would; other documents pass "
             "through. Mutated YAML goes to stdout, errors and warnings to stderr."
         ),
+        epilog=settings_usage(Settings),
+        formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     inject.add_argument(
         "-f", "--filename", required=True, metavar="FILE", help="manifest file, or - for stdin"
@@ -175,13 +177,9 @@ def dump(documents: Sequence[Any]) -> str:
     )
 
 
-def run_inject(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: TextIO) -> int:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        lines = describe_settings_error(exc)
-        print("error: invalid settings:", *lines, sep="\n  ", file=stderr)
-        return EXIT_FAILED
+def run_inject(
+    args: argparse.Namespace, settings: Settings, stdin: TextIO, stdout: TextIO, stderr: TextIO
+) -> int:
     if args.strategy:
         settings = settings.model_copy(update={"strategy": args.strategy})
     # The library logs JSON; by default only errors, so stderr stays readable for people.
@@ -211,9 +209,10 @@ def run_inject(args: argparse.Namespace, stdin: TextIO, stdout: TextIO, stderr: 
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = argparse.Namespace()
+    settings = load_settings(Settings, PROGRAM, argv, parser=build_parser(), flags=args)
     try:
-        return run_inject(args, sys.stdin, sys.stdout, sys.stderr)
+        return run_inject(args, settings, sys.stdin, sys.stdout, sys.stderr)
     except BrokenPipeError:
         # The reader went away (`... | head`): not worth a traceback. Point stdout at devnull so
         # the interpreter's final flush does not fail again.

@@ -15,10 +15,9 @@ from typing import Any, cast
 import uvicorn
 import uvloop
 from gvirtus_kai_common.logs import setup_logging
-from gvirtus_kai_common.settings import describe_settings_error
-from gvirtus_kai_common.shutdown import stop_event_on_signals
+from gvirtus_kai_common.settings import load_settings
+from gvirtus_kai_common.shutdown import run_until_stopped
 from prometheus_client import disable_created_metrics
-from pydantic import ValidationError
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from .admission import AdmissionReviewer
@@ -227,30 +226,23 @@ async def serve(settings: Settings) -> None:
     server = _Server(config)
     sockets = listening_sockets(settings.listen_host, settings.listen_port, config.backlog)
     _tune_garbage_collector()
-    stop = stop_event_on_signals()
+
+    async def drain() -> None:
+        server.should_exit = True  # uvicorn stops accepting and finishes in-flight requests
+
     watcher = asyncio.create_task(tls.watch(TLS_POLL_SECONDS))
-    serving = asyncio.create_task(server.serve(sockets=sockets))
-    stopping = asyncio.create_task(stop.wait())
     try:
-        await asyncio.wait({serving, stopping}, return_when=asyncio.FIRST_COMPLETED)
-        if stop.is_set():
-            log.info("stopping: finishing in-flight requests")
-        server.should_exit = True
-        await serving
+        await run_until_stopped(
+            server.serve(sockets=sockets), drain=drain, grace_seconds=GRACEFUL_SHUTDOWN_SECONDS + 1
+        )
     finally:
         watcher.cancel()
-        stopping.cancel()
         for sock in sockets or ():
             sock.close()  # uvicorn closes them on a normal stop; this covers a failed start
 
 
-def main() -> None:
-    try:
-        settings = Settings()
-    except ValidationError as exc:
-        lines = describe_settings_error(exc)
-        print("gvirtus-webhook: invalid settings:", *lines, sep="\n  ", file=sys.stderr)
-        sys.exit(2)
+def main(argv: list[str] | None = None) -> None:
+    settings = load_settings(Settings, "gvirtus-webhook", argv, description=__doc__)
     setup_logging(settings.log_level)
     # One line per admission is logged; skip the record fields the JSON lines never show
     # (the logging HOWTO's "Optimization" switches).

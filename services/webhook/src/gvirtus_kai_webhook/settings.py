@@ -8,9 +8,9 @@ from typing import Annotated, Literal
 
 from gvirtus_kai_common.gvirtus import DEFAULT_PLUGINS, split_plugins
 from gvirtus_kai_common.labels import is_dns_subdomain, label_key_problem, label_value_problem
-from gvirtus_kai_common.settings import ENV_PREFIX, LogLevel
+from gvirtus_kai_common.settings import ServiceSettings
 from pydantic import BaseModel, Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
 Strategy = Literal["mount", "sed"]
 STRATEGIES: tuple[Strategy, ...] = ("mount", "sed")
@@ -38,27 +38,41 @@ def _parse_nameserver(entry: str) -> Nameserver:
     return Nameserver(host=host, port=port)
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
-
-    listen_host: str = "0.0.0.0"
-    listen_port: int = Field(8443, ge=1, le=65535)
-    tls_cert_file: str = "/tls/tls.crt"
-    tls_key_file: str = "/tls/tls.key"
-    backend_host: str = "gvirtus-backend.gvirtus-system.svc.cluster.local"
-    backend_port: int = Field(34567, ge=1, le=65535)
-    dns_nameservers: Annotated[tuple[Nameserver, ...], NoDecode] = ()
-    dns_timeout_seconds: float = Field(2.0, gt=0, le=30)
-    # Upper bound on how long a resolved address is reused, whatever TTL the record carries.
-    dns_cache_max_seconds: float = Field(30.0, ge=0)
-    strategy: Strategy = "mount"
-    default_gvirtus_home: str = "/usr/local/gvirtus"
-    plugins: Annotated[tuple[str, ...], NoDecode] = DEFAULT_PLUGINS
-    frontend_label: str = "gvirtus.io/frontend.allowed=true"
-    # Pod label key whose value "true" asks for GVirtuS (the chart's objectSelector uses the same).
-    enable_label: str = "gvirtus.io/enabled"
-    gpu_resource: str = "nvidia.com/gpu"
-    log_level: LogLevel = "info"
+class Settings(ServiceSettings):
+    listen_host: str = Field(
+        "0.0.0.0", description="address to serve HTTPS on ('::': both families)"
+    )
+    listen_port: int = Field(8443, ge=1, le=65535, description="HTTPS port")
+    tls_cert_file: str = Field(
+        "/tls/tls.crt", description="serving certificate (PEM), reloaded on change"
+    )
+    tls_key_file: str = Field("/tls/tls.key", description="its private key (PEM, unencrypted)")
+    backend_host: str = Field(
+        "gvirtus-backend.gvirtus-system.svc.cluster.local",
+        description="DNS name of the GVirtuS backend Service",
+    )
+    backend_port: int = Field(34567, ge=1, le=65535, description="port written for the backend")
+    dns_nameservers: Annotated[tuple[Nameserver, ...], NoDecode] = Field(
+        (), description="ip[:port],... to ask; empty: the system resolver"
+    )
+    dns_timeout_seconds: float = Field(2.0, gt=0, le=30, description="bound on one lookup")
+    dns_cache_max_seconds: float = Field(
+        30.0, ge=0, description="longest reuse of a resolved address, whatever its TTL"
+    )
+    strategy: Strategy = Field("mount", description="mount or sed (per pod: gvirtus.io/strategy)")
+    default_gvirtus_home: str = Field(
+        "/usr/local/gvirtus", description="GVirtuS home in the image (per pod: gvirtus.io/home)"
+    )
+    plugins: Annotated[tuple[str, ...], NoDecode] = Field(
+        DEFAULT_PLUGINS, description="GVirtuS plugins in the frontend config"
+    )
+    frontend_label: str = Field(
+        "gvirtus.io/frontend.allowed=true", description="node label GVirtuS pods are pinned to"
+    )
+    enable_label: str = Field(
+        "gvirtus.io/enabled", description="pod label whose value 'true' asks for GVirtuS"
+    )
+    gpu_resource: str = Field("nvidia.com/gpu", description="the GPU extended resource")
 
     @field_validator("dns_nameservers", mode="before")
     @classmethod

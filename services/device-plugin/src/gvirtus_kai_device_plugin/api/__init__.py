@@ -6,4 +6,3 @@ by ``services/device-plugin/generate_stubs.py``; do not edit them by hand.
 
 API_VERSION = "v1beta1"
 HEALTHY = "Healthy"
-UNHEALTHY = "Unhealthy"
