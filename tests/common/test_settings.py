@@ -108,6 +108,7 @@ SCRIPTS = [
     ("gvirtus-webhook", [], "GVIRTUS_KAI_TLS_CERT_FILE"),
     ("gvirtus-labeler", [], "GVIRTUS_KAI_NODE_NAME"),
     ("gvirtus-device-plugin", [], "GVIRTUS_KAI_DEVICE_COUNT"),
+    ("gvirtus-controller", [], "GVIRTUS_KAI_BACKEND_SERVICE"),
     ("gvirtus-kai", ["inject"], "GVIRTUS_KAI_BACKEND_HOST"),
 ]
 

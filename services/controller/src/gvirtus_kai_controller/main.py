@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-import argparse
 import asyncio
-import contextlib
 import logging
 import socket
 import sys
@@ -12,12 +10,9 @@ from collections.abc import Sequence
 
 from gvirtus_kai_common.health import HealthServer
 from gvirtus_kai_common.logs import setup_logging
-from gvirtus_kai_common.metrics import Registry
-from gvirtus_kai_common.settings import describe_settings_error
-from gvirtus_kai_common.shutdown import stop_event_on_signals
+from gvirtus_kai_common.settings import EXIT_BAD_SETTINGS, load_settings
+from gvirtus_kai_common.shutdown import run_until_stopped
 from lightkube import AsyncClient, ConfigError, KubeConfig
-from prometheus_client import CollectorRegistry, generate_latest
-from pydantic import ValidationError
 
 from gvirtus_kai_controller.controller import Controller
 from gvirtus_kai_controller.leader import LeaderElector
@@ -28,22 +23,10 @@ log = logging.getLogger("gvirtus_kai_controller")
 
 PROGRAM = "gvirtus-controller"
 EXIT_FAILED = 1
-EXIT_BAD_SETTINGS = 2
 
 
-class _PrometheusPage(Registry):
-    """Serves a prometheus_client registry through the shared health server."""
-
-    def __init__(self, registry: CollectorRegistry) -> None:
-        super().__init__()
-        self._source = registry
-
-    def exposition(self) -> bytes:
-        return generate_latest(self._source)
-
-
-async def run(settings: Settings, stop: asyncio.Event) -> int:
-    """Run the controller until ``stop`` is set; the exit status."""
+async def run(settings: Settings) -> int:
+    """Run the controller until SIGTERM/SIGINT; the exit status."""
     try:
         config = KubeConfig.from_env()
     except (ConfigError, OSError) as error:
@@ -70,7 +53,7 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
         settings.health_host,
         settings.health_port,
         controller.healthy,
-        _PrometheusPage(metrics.registry),
+        metrics.registry,
         is_ready=controller.ready,
     )
     try:
@@ -92,16 +75,11 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
                 "leader_election": settings.leader_election,
             },
         )
-        work = asyncio.ensure_future(controller.run())
-        stopped = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({work, stopped}, return_when=asyncio.FIRST_COMPLETED)
-        stopped.cancel()
-        if work.done():
-            log.error("control loop ended unexpectedly", exc_info=work.exception())
+        try:
+            await run_until_stopped(controller.run())
+        except Exception:  # run() only ends by cancellation; anything else is a bug
+            log.exception("control loop ended unexpectedly")
             return EXIT_FAILED
-        work.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await work
         await controller.stop()
         log.info("stopped")
         return 0
@@ -111,25 +89,14 @@ async def run(settings: Settings, stop: asyncio.Event) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    argparse.ArgumentParser(
-        prog=PROGRAM,
-        description="Assign each gated GVirtuS pod one ready backend, then release it.",
-    ).parse_args(argv)
-    try:
-        settings = Settings()
-    except ValidationError as error:
-        print(f"{PROGRAM}: invalid settings:", *describe_settings_error(error), sep="\n  ")
-        return EXIT_BAD_SETTINGS
+    description = "Assign each gated GVirtuS pod one ready backend, then release it."
+    settings = load_settings(Settings, PROGRAM, argv, description=description)
     setup_logging(settings.log_level)
     if settings.log_level != "debug":
         # The HTTP client logs every request at info: one line per watch event is noise.
         for chatty in ("httpx2", "httpcore2"):
             logging.getLogger(chatty).setLevel(logging.WARNING)
-
-    async def _main() -> int:
-        return await run(settings, stop_event_on_signals())
-
-    return asyncio.run(_main())
+    return asyncio.run(run(settings))
 
 
 if __name__ == "__main__":

@@ -6,18 +6,16 @@ from typing import Annotated, Literal
 
 from gvirtus_kai_common.gvirtus import DEFAULT_PLUGINS, split_plugins
 from gvirtus_kai_common.labels import is_dns_subdomain, label_key_problem
-from gvirtus_kai_common.settings import ENV_PREFIX, LogLevel
+from gvirtus_kai_common.settings import HealthServerSettings
 from pydantic import Field, field_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic_settings import NoDecode
 
 from gvirtus_kai_controller.placement import Policy
 
 OnBackendLoss = Literal["keep", "evict"]
 
 
-class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, frozen=True, extra="ignore")
-
+class Settings(HealthServerSettings):
     namespace: str = Field(
         "gvirtus-system", description="the release namespace: backend EndpointSlices, the Lease"
     )
@@ -47,9 +45,6 @@ class Settings(BaseSettings):
         15.0, gt=0, description="a leader that stops renewing is replaced after this"
     )
     pod_name: str = Field("", description="this replica's name (holder identity); empty: host")
-    health_host: str = Field("0.0.0.0", description="address of /healthz, /readyz, /metrics")
-    health_port: int = Field(8080, ge=0, le=65535, description="their port (0: any free port)")
-    log_level: LogLevel = Field("info", description="debug, info, warning or error")
 
     @field_validator("plugins", mode="before")
     @classmethod
