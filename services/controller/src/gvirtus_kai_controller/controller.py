@@ -59,10 +59,12 @@ class Controller:
         *,
         elector: LeaderElector | None = None,
         clock: Callable[[], float] = time.time,
+        eviction_retry: float = EVICTION_RETRY_SECONDS,
     ) -> None:
         self._client = client
         self._settings = settings
-        self._metrics = metrics
+        self.metrics = metrics
+        self._eviction_retry = eviction_retry
         self._elector = elector
         self._clock = clock
         self._events = EventRecorder(client)
@@ -96,13 +98,13 @@ class Controller:
         return self.placement.synced
 
     def leadership_changed(self, leading: bool) -> None:
-        self._metrics.leading.set(1 if leading else 0)
+        self.metrics.leading.set(1 if leading else 0)
         self._wake.set()
 
     async def run(self) -> None:
         """Watch and reconcile until cancelled; returns only if a loop fails unexpectedly."""
         if self._elector is None:
-            self._metrics.leading.set(1)
+            self.metrics.leading.set(1)
         loops: list[Awaitable[None]] = [
             self._follow(
                 "endpointslices",
@@ -187,7 +189,7 @@ class Controller:
             except ApiError as error:
                 code = error.status.code
                 if code == 410:
-                    self._metrics.watch_restarts.labels(resource_name, "expired").inc()
+                    self.metrics.watch_restarts.labels(resource_name, "expired").inc()
                     log.info(
                         "watch expired (410 Gone); listing again", extra={"resource": resource_name}
                     )
@@ -201,8 +203,8 @@ class Controller:
     async def _api_failed(
         self, verb: str, resource: str, code: int | None, message: str, backoff: Backoff
     ) -> None:
-        self._metrics.api_errors.labels(verb, str(code or "connection")).inc()
-        self._metrics.watch_restarts.labels(resource, "error").inc()
+        self.metrics.api_errors.labels(verb, str(code or "connection")).inc()
+        self.metrics.watch_restarts.labels(resource, "error").inc()
         delay = backoff.next_delay()
         log.warning(
             "kubernetes API call failed; retrying",
@@ -253,7 +255,7 @@ class Controller:
 
     def _backends_gone(self, gone: list[Backend]) -> None:
         for backend in gone:
-            self._metrics.backends_lost.inc()
+            self.metrics.backends_lost.inc()
             log.warning("backend lost", extra={"backend": backend.address, "zone": backend.zone})
 
     def _pods_listed(self, pods: list[Pod]) -> None:
@@ -292,12 +294,12 @@ class Controller:
             self._report_losses()
             self._tell_waiting()
             self._evict_due()
-            self._metrics.pods_waiting.set(self.placement.waiting_count)
+            self.metrics.pods_waiting.set(self.placement.waiting_count)
 
     def _publish(self) -> None:
-        self._metrics.pods_waiting.set(self.placement.waiting_count)
-        self._metrics.backends_ready.set(len(self.placement.backends))
-        self._metrics.set_backend_pods(self.placement.loads())
+        self.metrics.pods_waiting.set(self.placement.waiting_count)
+        self.metrics.backends_ready.set(len(self.placement.backends))
+        self.metrics.set_backend_pods(self.placement.loads())
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -324,8 +326,8 @@ class Controller:
         info = pod_info(answer)
         self.placement.assignment_done(assignment, info, now)
         self._retry_backoff.pop(pod.key, None)
-        self._metrics.assignments.inc()
-        self._metrics.assignment_latency.observe(max(0.0, now - pod.created))
+        self.metrics.assignments.inc()
+        self.metrics.assignment_latency.observe(max(0.0, now - pod.created))
         zone = f" in zone {backend.zone}" if settings.policy == "sameZone" and backend.zone else ""
         log.info(
             "backend assigned",
@@ -345,10 +347,10 @@ class Controller:
         self, assignment: Assignment, code: int | None, message: str
     ) -> None:
         pod = assignment.pod
-        self._metrics.api_errors.labels("patch", str(code or "connection")).inc()
+        self.metrics.api_errors.labels("patch", str(code or "connection")).inc()
         if code == 409:
             # The pod changed since it was read: read it again and decide again.
-            self._metrics.conflicts.inc()
+            self.metrics.conflicts.inc()
             await self._reread(pod)
             self.placement.assignment_failed(assignment, self._clock())
             self._wake.set()
@@ -446,7 +448,7 @@ class Controller:
         for pod in due:
             if self._evictions.get(pod.key, 0.0) > now:
                 continue
-            self._evictions[pod.key] = now + EVICTION_RETRY_SECONDS
+            self._evictions[pod.key] = now + self._eviction_retry
             self._spawn(self._evict(pod))
 
     async def _evict(self, pod: PodInfo) -> None:
@@ -457,23 +459,23 @@ class Controller:
             except ApiError as error:
                 code = error.status.code
                 if code == 404:
-                    self._metrics.evictions.labels("gone").inc()
+                    self.metrics.evictions.labels("gone").inc()
                     return
                 outcome = "blocked" if code == 429 else "error"
-                self._metrics.evictions.labels(outcome).inc()
+                self.metrics.evictions.labels(outcome).inc()
                 log.warning(
                     "eviction refused; trying again later",
                     extra={
                         "pod": f"{pod.namespace}/{pod.name}",
                         "code": code,
                         "error": str(error)[:300],
-                        "retry_in_seconds": EVICTION_RETRY_SECONDS,
+                        "retry_in_seconds": self._eviction_retry,
                     },
                 )
                 return
             except httpx2.HTTPError as error:
-                self._metrics.evictions.labels("error").inc()
+                self.metrics.evictions.labels("error").inc()
                 log.warning("eviction failed", extra={"error": str(error)})
                 return
-        self._metrics.evictions.labels("evicted").inc()
+        self.metrics.evictions.labels("evicted").inc()
         log.info("pod evicted: its backend is gone", extra={"pod": f"{pod.namespace}/{pod.name}"})

@@ -1,0 +1,137 @@
+"""Fixtures of the controller's loop tests: a real API server, a client, a running controller."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+from gvirtus_kai_controller.controller import Controller
+from gvirtus_kai_controller.leader import LeaderElector
+from gvirtus_kai_controller.metrics import Metrics
+from gvirtus_kai_controller.settings import Settings
+from lightkube import AsyncClient, KubeConfig
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import Namespace, ServiceAccount
+
+from tests.controller.apiserver import ApiServer
+
+_numbers = itertools.count(1)
+
+
+@pytest.fixture(scope="session")
+def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    server = ApiServer(tmp_path_factory.mktemp("apiserver"))
+    try:
+        server.start()
+    except (OSError, RuntimeError) as error:
+        server.stop()
+        pytest.fail(f"the test API server did not start: {error}", pytrace=False)
+    try:
+        yield server.kubeconfig
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+async def client(kubeconfig: Path) -> AsyncIterator[AsyncClient]:
+    api = AsyncClient(KubeConfig.from_file(kubeconfig), field_manager="tests")
+    yield api
+    await api.close()
+
+
+class Scene:
+    """One test's world: its own namespaces and enable label, so tests never see each other."""
+
+    def __init__(self, client: AsyncClient, kubeconfig: Path) -> None:
+        number = next(_numbers)
+        self.client = client
+        self.kubeconfig = kubeconfig
+        self.release = f"gvirtus-{number}"
+        self.apps = f"apps-{number}"
+        self.enable_label = f"test.gvirtus.io/scene-{number}"
+
+    async def create_namespaces(self) -> None:
+        for name in (self.release, self.apps):
+            await self.client.create(Namespace(metadata=ObjectMeta(name=name)))
+        # Pods need their ServiceAccount (no controller-manager here to create it).
+        meta = ObjectMeta(name="default", namespace=self.apps)
+        await self.client.create(ServiceAccount(metadata=meta))
+
+    def settings(self, **overrides: Any) -> Settings:
+        values: dict[str, Any] = {
+            "namespace": self.release,
+            "backend_service": "gvirtus-backend-headless",
+            "enable_label": self.enable_label,
+            "plugins": "cudart,cublas",
+            "health_port": 0,
+            **overrides,
+        }
+        return Settings(**values)
+
+
+@dataclass
+class Running:
+    """A controller running as a task of the test's event loop."""
+
+    controller: Controller
+    task: asyncio.Task[None]
+    api: AsyncClient
+
+    def sample(self, name: str, **labels: str) -> float:
+        """A sample of the controller's metrics, as /metrics shows it (0 when absent)."""
+        value = self.controller.metrics.registry.get_sample_value(name, labels)
+        return value or 0.0
+
+    async def halt(self) -> None:
+        """Stop as on SIGTERM: cancel the loops, finish writes, release the Lease."""
+        if not self.task.done():
+            self.task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self.task
+            await self.controller.stop()
+
+
+StartController = Callable[..., Awaitable[Running]]
+
+
+@pytest.fixture
+async def scene(client: AsyncClient, kubeconfig: Path) -> Scene:
+    world = Scene(client, kubeconfig)
+    await world.create_namespaces()
+    return world
+
+
+@pytest.fixture
+async def start_controller(scene: Scene, kubeconfig: Path) -> AsyncIterator[StartController]:
+    """Run controllers in this event loop, each with its own API client; halted after the test."""
+    running: list[Running] = []
+
+    async def start(*, identity: str = "controller-a", **overrides: Any) -> Running:
+        settings = scene.settings(**overrides)
+        api = AsyncClient(KubeConfig.from_file(kubeconfig), field_manager="gvirtus-controller")
+        controller: Controller
+        elector = None
+        if settings.leader_election:
+            elector = LeaderElector(
+                api,
+                namespace=settings.namespace,
+                name=settings.lease_name,
+                identity=identity,
+                lease_duration=settings.lease_duration_seconds,
+                on_change=lambda leading: controller.leadership_changed(leading),
+            )
+        controller = Controller(api, settings, Metrics(), elector=elector, eviction_retry=0.5)
+        handle = Running(controller, asyncio.create_task(controller.run()), api)
+        running.append(handle)
+        return handle
+
+    yield start
+    for handle in running:
+        await handle.halt()
+        await handle.api.close()

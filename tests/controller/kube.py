@@ -1,0 +1,157 @@
+"""Objects and waits for the loop tests: gated pods as the webhook leaves them, backend
+EndpointSlices as the EndpointSlice controller writes them, and Events as kubectl shows them."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, TypeVar
+
+from gvirtus_kai_common.gvirtus import BACKEND_ANNOTATION, BACKEND_GATE
+from lightkube import AsyncClient
+from lightkube.resources.core_v1 import Event, Pod
+from lightkube.resources.discovery_v1 import EndpointSlice
+
+from tests.controller.conftest import Scene
+
+T = TypeVar("T")
+WAIT = 20.0
+
+
+@dataclass(frozen=True)
+class Ready:
+    """One backend endpoint: a pod IP, ready or not, in a zone."""
+
+    ip: str
+    ready: bool = True
+    zone: str | None = None
+
+
+async def eventually(
+    check: Callable[[], Awaitable[T | None]], what: str, within: float = WAIT
+) -> T:
+    """Poll ``check`` until it returns something truthy (not None, False or empty)."""
+    deadline = time.monotonic() + within
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = await check()
+        if last:
+            return last
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"timed out after {within}s waiting for {what}; last: {last!r}")
+
+
+def gated_pod(
+    scene: Scene,
+    name: str,
+    *,
+    gates: Sequence[str] = (BACKEND_GATE,),
+    priority_class: str | None = None,
+    owner: dict[str, Any] | None = None,
+    spec: dict[str, Any] | None = None,
+    annotations: dict[str, str] | None = None,
+) -> Pod:
+    metadata: dict[str, Any] = {
+        "name": name,
+        "namespace": scene.apps,
+        "labels": {scene.enable_label: "true"},
+        "annotations": annotations or {},
+    }
+    if owner is not None:
+        metadata["ownerReferences"] = [{**owner, "controller": True}]
+    pod_spec: dict[str, Any] = {
+        "schedulingGates": [{"name": gate} for gate in gates],
+        "containers": [{"name": "app", "image": "registry.test/app:1"}],
+        **(spec or {}),
+    }
+    if priority_class:
+        pod_spec["priorityClassName"] = priority_class
+    pod = Pod.from_dict({"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": pod_spec})
+    assert isinstance(pod, Pod)
+    return pod
+
+
+def backend_slice(
+    scene: Scene,
+    name: str,
+    endpoints: Sequence[Ready],
+    *,
+    address_type: str = "IPv4",
+    port_name: str = "gvirtus",
+    service: str = "gvirtus-backend-headless",
+) -> EndpointSlice:
+    endpoint_slice = EndpointSlice.from_dict(
+        {
+            "apiVersion": "discovery.k8s.io/v1",
+            "kind": "EndpointSlice",
+            "metadata": {
+                "name": name,
+                "namespace": scene.release,
+                "labels": {
+                    "kubernetes.io/service-name": service,
+                    "endpointslice.kubernetes.io/managed-by": "tests.gvirtus.io",
+                },
+            },
+            "addressType": address_type,
+            "ports": [{"name": port_name, "port": 9999, "protocol": "TCP"}],
+            "endpoints": [
+                {
+                    "addresses": [endpoint.ip],
+                    "conditions": {"ready": endpoint.ready},
+                    **({"zone": endpoint.zone} if endpoint.zone else {}),
+                    "targetRef": {
+                        "kind": "Pod",
+                        "namespace": scene.release,
+                        "name": f"backend-{endpoint.ip.replace('.', '-').replace(':', '-')}",
+                    },
+                }
+                for endpoint in endpoints
+            ],
+        }
+    )
+    assert isinstance(endpoint_slice, EndpointSlice)
+    return endpoint_slice
+
+
+async def backend_of(client: AsyncClient, scene: Scene, name: str) -> str | None:
+    """The pod's backend annotation once its gate is gone; None while it waits."""
+    pod = await client.get(Pod, name, namespace=scene.apps)
+    assert pod.metadata is not None
+    assert pod.spec is not None
+    gates = [gate.name for gate in pod.spec.schedulingGates or []]
+    address = (pod.metadata.annotations or {}).get(BACKEND_ANNOTATION)
+    if BACKEND_GATE in gates:
+        assert address is None, "the annotation and the gate removal must come in one write"
+        return None
+    return address
+
+
+async def events_of(client: AsyncClient, scene: Scene, pod: str) -> list[Event]:
+    return [
+        event
+        async for event in client.list(
+            Event, namespace=scene.apps, fields={"involvedObject.name": pod}
+        )
+    ]
+
+
+async def event_messages(client: AsyncClient, scene: Scene, pod: str, reason: str) -> list[str]:
+    return [
+        event.message or ""
+        for event in await events_of(client, scene, pod)
+        if event.reason == reason
+    ]
+
+
+async def assigned(client: AsyncClient, scene: Scene, pod: str) -> str:
+    """Wait until ``pod`` has a backend; its address."""
+    return await eventually(lambda: backend_of(client, scene, pod), f"{pod} assigned")
+
+
+async def told(client: AsyncClient, scene: Scene, pod: str, reason: str) -> list[str]:
+    """Wait until ``pod`` has Events with ``reason``; their messages."""
+    return await eventually(
+        lambda: event_messages(client, scene, pod, reason), f"a {reason} event for {pod}"
+    )

@@ -1,0 +1,360 @@
+"""The controller's loop against a real kube-apiserver and etcd: what it writes, when, and why."""
+
+from __future__ import annotations
+
+import json
+from collections import Counter
+
+from gvirtus_kai_common.gvirtus import BACKEND_ANNOTATION, PROPERTIES_ANNOTATION, properties_json
+from lightkube import ApiError, AsyncClient
+from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
+from lightkube.models.policy_v1 import PodDisruptionBudgetSpec
+from lightkube.resources.coordination_v1 import Lease
+from lightkube.resources.core_v1 import ConfigMap, Pod
+from lightkube.resources.discovery_v1 import EndpointSlice
+from lightkube.resources.policy_v1 import PodDisruptionBudget
+from lightkube.resources.scheduling_v1 import PriorityClass
+
+from tests.controller.conftest import Running, Scene, StartController
+from tests.controller.kube import (
+    Ready,
+    assigned,
+    backend_of,
+    backend_slice,
+    event_messages,
+    eventually,
+    gated_pod,
+    told,
+)
+
+ASSIGNED = "gvirtus_controller_assignments_total"
+
+
+async def test_pods_created_before_any_backend_wait_and_say_why(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await start_controller()
+    await client.create(gated_pod(scene, "early"))
+
+    messages = await told(client, scene, "early", "WaitingForBackend")
+    assert messages == ["no ready GVirtuS backend (0 of 0 ready)"]
+    assert await backend_of(client, scene, "early") is None
+
+
+async def test_a_backend_that_becomes_ready_releases_the_waiting_pods(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.0.1", ready=False)]))
+    running = await start_controller()
+    await client.create(gated_pod(scene, "p1"))
+    await told(client, scene, "p1", "WaitingForBackend")
+    assert await event_messages(client, scene, "p1", "WaitingForBackend") == [
+        "no ready GVirtuS backend (0 of 1 ready)"
+    ]
+
+    await client.replace(backend_slice(scene, "s1", [Ready("10.1.0.1")]))
+
+    assert await assigned(client, scene, "p1") == ("10.1.0.1:9999")
+    assert running.sample(ASSIGNED) == 1
+
+
+async def test_the_assignment_writes_both_annotations_and_removes_only_its_gate(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.0.7")]))
+    await start_controller()
+    await client.create(gated_pod(scene, "p", gates=["example.com/first", "gvirtus.io/backend"]))
+
+    await assigned(client, scene, "p")
+    pod = await client.get(Pod, "p", namespace=scene.apps)
+    assert pod.metadata is not None
+    assert pod.spec is not None
+    annotations = pod.metadata.annotations or {}
+    assert annotations[BACKEND_ANNOTATION] == "10.1.0.7:9999"
+    assert annotations[PROPERTIES_ANNOTATION] == properties_json(
+        "10.1.0.7", 9999, ["cudart", "cublas"]
+    )
+    assert (
+        json.loads(annotations[PROPERTIES_ANNOTATION])["communicator"][0]["endpoint"]["port"]
+        == "9999"
+    )
+    assert [gate.name for gate in pod.spec.schedulingGates or []] == ["example.com/first"]
+    assert await event_messages(client, scene, "p", "BackendAssigned") == [
+        "assigned GVirtuS backend 10.1.0.7:9999 (policy leastPods, 1 pods on it)"
+    ]
+
+
+async def test_least_pods_spreads_pods_evenly_over_the_backends(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    ips = [f"10.1.1.{i}" for i in range(1, 4)]
+    await client.create(backend_slice(scene, "s1", [Ready(ip) for ip in ips]))
+    await start_controller()
+    for i in range(10):
+        await client.create(gated_pod(scene, f"p{i}"))
+
+    async def all_assigned() -> list[str] | None:
+        found = [await backend_of(client, scene, f"p{i}") for i in range(10)]
+        return None if None in found else [f for f in found if f]
+
+    counts = Counter(await eventually(all_assigned, "every pod assigned"))
+    assert set(counts) == {f"{ip}:9999" for ip in ips}
+    assert max(counts.values()) - min(counts.values()) <= 1
+
+
+async def test_full_backends_keep_pods_waiting_until_a_slot_frees_then_serve_by_priority(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    high = f"{scene.release}-high"
+    await client.create(PriorityClass(metadata=ObjectMeta(name=high), value=1000))
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.2.1"), Ready("10.1.2.2")]))
+    await start_controller(max_pods_per_backend=1)
+    for name in ("first", "second"):
+        await client.create(gated_pod(scene, name))
+        await assigned(client, scene, name)
+    await client.create(gated_pod(scene, "low"))
+    await client.create(gated_pod(scene, "urgent", priority_class=high))
+
+    for name in ("low", "urgent"):
+        messages = await told(client, scene, name, "WaitingForBackend")
+        assert messages == ["all 2 backends full (maxPodsPerBackend=1)"]
+
+    await client.delete(Pod, "first", namespace=scene.apps)
+    assert await assigned(client, scene, "urgent")
+    assert await backend_of(client, scene, "low") is None
+
+
+async def test_ipv6_only_backends_keep_pods_waiting_with_the_reason(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await client.create(backend_slice(scene, "v6", [Ready("fd00::10")], address_type="IPv6"))
+    await start_controller()
+    await client.create(gated_pod(scene, "p"))
+
+    messages = await told(client, scene, "p", "WaitingForBackend")
+    assert messages == [
+        "no ready GVirtuS backend has an IPv4 address (1 of 1 ready, IPv6 only; "
+        "GVirtuS connects to IPv4 addresses only)"
+    ]
+    assert await backend_of(client, scene, "p") is None
+
+
+async def test_same_zone_adds_the_backends_zone_to_every_required_term(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.3.1", zone="zone-b")]))
+    await start_controller(policy="sameZone")
+    gpu_term = {"matchExpressions": [{"key": "example.com/gpu", "operator": "DoesNotExist"}]}
+    spec = {
+        "affinity": {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {
+                    "nodeSelectorTerms": [
+                        gpu_term,
+                        {
+                            "matchFields": [
+                                {"key": "metadata.name", "operator": "In", "values": ["n1"]}
+                            ]
+                        },
+                    ]
+                },
+                "preferredDuringSchedulingIgnoredDuringExecution": [
+                    {"weight": 1, "preference": gpu_term}
+                ],
+            }
+        }
+    }
+    await client.create(gated_pod(scene, "fenced", spec=spec))
+    await client.create(gated_pod(scene, "free"))
+
+    for name in ("fenced", "free"):
+        await assigned(client, scene, name)
+    zone = {"key": "topology.kubernetes.io/zone", "operator": "In", "values": ["zone-b"]}
+    fenced = await client.get(Pod, "fenced", namespace=scene.apps)
+    assert fenced.spec is not None
+    assert fenced.spec.affinity is not None
+    node_affinity = fenced.spec.affinity.nodeAffinity
+    assert node_affinity is not None
+    assert node_affinity.to_dict()["requiredDuringSchedulingIgnoredDuringExecution"] == {
+        "nodeSelectorTerms": [
+            {"matchExpressions": [*gpu_term["matchExpressions"], zone]},
+            {
+                "matchExpressions": [zone],
+                "matchFields": [{"key": "metadata.name", "operator": "In", "values": ["n1"]}],
+            },
+        ]
+    }
+    assert len(node_affinity.preferredDuringSchedulingIgnoredDuringExecution or []) == 1
+    free = await client.get(Pod, "free", namespace=scene.apps)
+    assert free.spec is not None
+    assert free.spec.affinity is not None
+    assert free.spec.affinity.to_dict() == {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {
+                "nodeSelectorTerms": [{"matchExpressions": [zone]}]
+            }
+        }
+    }
+
+
+async def test_a_lost_backend_is_reported_to_its_pods_and_only_owned_pods_are_evicted(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    owner = await client.create(ConfigMap(metadata=ObjectMeta(name="owner", namespace=scene.apps)))
+    assert owner.metadata is not None
+    reference = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "owner",
+        "uid": owner.metadata.uid,
+    }
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.4.1")]))
+    await start_controller(on_backend_loss="evict", backend_loss_grace_seconds=0.5)
+    await client.create(gated_pod(scene, "owned", owner=reference))
+    await client.create(gated_pod(scene, "bare"))
+    for name in ("owned", "bare"):
+        await assigned(client, scene, name)
+
+    await client.delete(EndpointSlice, "s1", namespace=scene.release)
+
+    async def owned_gone() -> bool:
+        try:
+            await client.get(Pod, "owned", namespace=scene.apps)
+        except ApiError as error:
+            return error.status.code == 404
+        return False
+
+    await eventually(owned_gone, "the owned pod evicted")
+    assert await event_messages(client, scene, "bare", "BackendLost") == [
+        "GVirtuS backend 10.1.4.1:9999 is no longer ready; "
+        "the pod has no controller to recreate it, so it is kept"
+    ]
+    assert await backend_of(client, scene, "bare") == "10.1.4.1:9999"
+
+
+async def test_a_disruption_budget_holds_the_eviction_which_is_retried(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    owner = await client.create(ConfigMap(metadata=ObjectMeta(name="owner", namespace=scene.apps)))
+    assert owner.metadata is not None
+    reference = {
+        "apiVersion": "v1",
+        "kind": "ConfigMap",
+        "name": "owner",
+        "uid": owner.metadata.uid,
+    }
+    await client.create(
+        PodDisruptionBudget(
+            metadata=ObjectMeta(name="keep-one", namespace=scene.apps),
+            spec=PodDisruptionBudgetSpec(
+                minAvailable=1, selector=LabelSelector(matchLabels={scene.enable_label: "true"})
+            ),
+        )
+    )
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.5.1")]))
+    running = await start_controller(on_backend_loss="evict", backend_loss_grace_seconds=0)
+    await client.create(gated_pod(scene, "guarded", owner=reference))
+    await assigned(client, scene, "guarded")
+    # Budgets only guard running pods (a Pending pod may always be evicted).
+    await client.patch(
+        Pod.Status, "guarded", {"status": {"phase": "Running"}}, namespace=scene.apps
+    )
+
+    await client.delete(EndpointSlice, "s1", namespace=scene.release)
+
+    async def refused_twice() -> bool:
+        return running.sample("gvirtus_controller_evictions_total", outcome="blocked") >= 2
+
+    await eventually(refused_twice, "two evictions refused by the budget")
+    assert await client.get(Pod, "guarded", namespace=scene.apps)
+    await client.delete(PodDisruptionBudget, "keep-one", namespace=scene.apps)
+
+    async def evicted() -> bool:
+        return running.sample("gvirtus_controller_evictions_total", outcome="evicted") == 1
+
+    await eventually(evicted, "the eviction let through once the budget is gone")
+
+
+async def test_keep_mode_reports_the_loss_and_evicts_nothing(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.6.1")]))
+    running = await start_controller(backend_loss_grace_seconds=0)
+    await client.create(gated_pod(scene, "p"))
+    await assigned(client, scene, "p")
+
+    await client.replace(backend_slice(scene, "s1", [Ready("10.1.6.1", ready=False)]))
+
+    assert await told(client, scene, "p", "BackendLost") == [
+        "GVirtuS backend 10.1.6.1:9999 is no longer ready; the pod is kept "
+        "(onBackendLoss=keep); delete it to get a ready backend"
+    ]
+    assert running.sample("gvirtus_controller_backends_lost_total") == 1
+    assert await client.get(Pod, "p", namespace=scene.apps)
+
+
+async def test_a_restarted_controller_rebuilds_its_state_and_never_assigns_twice(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.7.1"), Ready("10.1.7.2")]))
+    first = await start_controller(max_pods_per_backend=2)
+    for i in range(3):
+        await client.create(gated_pod(scene, f"before-{i}"))
+    for i in range(3):
+        await assigned(client, scene, f"before-{i}")
+    await first.halt()
+    for i in range(3):
+        await client.create(gated_pod(scene, f"after-{i}"))
+
+    second = await start_controller(max_pods_per_backend=2)
+
+    await assigned(client, scene, "after-0")
+    waiting = await told(client, scene, "after-1", "WaitingForBackend")
+    assert waiting == ["all 2 backends full (maxPodsPerBackend=2)"]
+    assert await backend_of(client, scene, "after-2") is None
+    assert second.sample(ASSIGNED) == 1
+    for i in range(3):  # what the first controller wrote is left alone
+        assert await event_messages(client, scene, f"before-{i}", "BackendAssigned") != []
+
+
+async def test_two_controllers_racing_without_election_never_assign_a_pod_twice(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    for i in range(20):
+        await client.create(gated_pod(scene, f"p{i}"))
+    a = await start_controller()
+    b = await start_controller()
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.8.1"), Ready("10.1.8.2")]))
+
+    for i in range(20):
+        await assigned(client, scene, f"p{i}")
+    successes = a.sample(ASSIGNED) + b.sample(ASSIGNED)
+    assert successes == 20  # every other attempt met a 409 and re-read the pod
+
+
+async def test_with_leader_election_only_the_leader_assigns_and_a_standby_takes_over(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.9.1")]))
+    election = {"leader_election": True, "lease_duration_seconds": 2.0}
+    a = await start_controller(identity="a", **election)
+    await eventually(lambda: _leading(a), "a leads")
+    b = await start_controller(identity="b", **election)
+    for i in range(5):
+        await client.create(gated_pod(scene, f"p{i}"))
+    for i in range(5):
+        await assigned(client, scene, f"p{i}")
+    assert (a.sample(ASSIGNED), b.sample(ASSIGNED)) == (5, 0)
+
+    await a.halt()  # a clean stop releases the Lease
+    await eventually(lambda: _leading(b), "b leads")
+    await client.create(gated_pod(scene, "later"))
+    await assigned(client, scene, "later")
+    assert b.sample(ASSIGNED) == 1
+    lease = await client.get(Lease, "gvirtus-controller", namespace=scene.release)
+    assert lease.spec is not None
+    assert lease.spec.holderIdentity == "b"
+
+
+async def _leading(running: Running) -> bool:
+    return running.controller.leading
