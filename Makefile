@@ -68,9 +68,9 @@ fmt: $(VENV_STAMP) ## format and autofix Python sources
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
 
-bench: $(VENV_STAMP) ## performance figures of every service next to their targets; fails on a miss
+bench: $(VENV_STAMP) $(GO_BINS) ## performance figures of every service next to their targets; fails on a miss
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-	@missed=0; for name in webhook mutation labeler device_plugin; do \
+	@missed=0; for name in webhook mutation labeler device_plugin controller; do \
 	  $(BIN)/python bench/$$name.py || missed=1; \
 	done; exit $$missed
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections import Counter
 
@@ -10,7 +11,7 @@ from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
 from lightkube.models.policy_v1 import PodDisruptionBudgetSpec
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import ConfigMap, Pod
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.scheduling_v1 import PriorityClass
@@ -22,6 +23,7 @@ from tests.controller.kube import (
     backend_of,
     backend_slice,
     event_messages,
+    events_of,
     eventually,
     gated_pod,
     told,
@@ -358,3 +360,24 @@ async def test_with_leader_election_only_the_leader_assigns_and_a_standby_takes_
 
 async def _leading(running: Running) -> bool:
     return running.controller.leading
+
+
+async def test_a_waiting_pod_is_told_once_per_distinct_reason(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await start_controller()
+    await client.create(gated_pod(scene, "p"))
+    await told(client, scene, "p", "WaitingForBackend")
+    await asyncio.sleep(1.5)  # several passes over the waiting pods
+
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.10.1", ready=False)]))
+
+    async def both() -> list[Event] | None:
+        events = await events_of(client, scene, "p")
+        return events if len(events) == 2 else None
+
+    events = await eventually(both, "a second WaitingForBackend event")
+    assert sorted((e.message, e.count) for e in events) == [
+        ("no ready GVirtuS backend (0 of 0 ready)", 1),
+        ("no ready GVirtuS backend (0 of 1 ready)", 1),
+    ]

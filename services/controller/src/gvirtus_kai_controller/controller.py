@@ -73,6 +73,7 @@ class Controller:
             settings.max_pods_per_backend,
             port_name=settings.backend_port_name,
         )
+        metrics.watch(self.placement, lambda: self.leading)
         self._wake = asyncio.Event()
         self._writes = asyncio.Semaphore(PARALLEL_WRITES)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -98,13 +99,10 @@ class Controller:
         return self.placement.synced
 
     def leadership_changed(self, leading: bool) -> None:
-        self.metrics.leading.set(1 if leading else 0)
         self._wake.set()
 
     async def run(self) -> None:
         """Watch and reconcile until cancelled; returns only if a loop fails unexpectedly."""
-        if self._elector is None:
-            self.metrics.leading.set(1)
         loops: list[Awaitable[None]] = [
             self._follow(
                 "endpointslices",
@@ -286,7 +284,6 @@ class Controller:
             self._wake.clear()
             if not self.placement.synced:
                 continue
-            self._publish()
             if not self.leading:
                 continue
             for assignment in self.placement.assign():
@@ -294,12 +291,6 @@ class Controller:
             self._report_losses()
             self._tell_waiting()
             self._evict_due()
-            self.metrics.pods_waiting.set(self.placement.waiting_count)
-
-    def _publish(self) -> None:
-        self.metrics.pods_waiting.set(self.placement.waiting_count)
-        self.metrics.backends_ready.set(len(self.placement.backends))
-        self.metrics.set_backend_pods(self.placement.loads())
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)

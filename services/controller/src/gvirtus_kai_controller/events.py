@@ -7,6 +7,7 @@ the Event is not duplicated; its count and last timestamp are bumped instead.
 
 from __future__ import annotations
 
+import asyncio
 import datetime
 import hashlib
 import logging
@@ -29,6 +30,8 @@ EventType = Literal["Normal", "Warning"]
 # (a forgotten Event only loses its exact count when told again).
 REMEMBERED_EVENTS = 20_000
 MAX_MESSAGE = 1024
+# Events written at once: a burst (5,000 pods told they wait) must not crowd out assignments.
+PARALLEL_EVENT_WRITES = 4
 
 
 def event_name(pod: PodInfo, reason: str, detail: str) -> str:
@@ -42,6 +45,7 @@ class EventRecorder:
     def __init__(self, client: AsyncClient) -> None:
         self._client = client
         self._counts: OrderedDict[str, int] = OrderedDict()
+        self._writes = asyncio.Semaphore(PARALLEL_EVENT_WRITES)
 
     async def record(
         self,
@@ -71,25 +75,30 @@ class EventRecorder:
             count=1,
         )
         try:
-            try:
-                await self._client.create(event)
-                self._remember(name, 1)
-            except ApiError as error:
-                if error.status.code != 409:
-                    raise
-                count = self._counts.get(name)
-                bump: dict[str, object] = {"lastTimestamp": event.to_dict()["lastTimestamp"]}
-                if count is not None:
-                    bump["count"] = count + 1
-                    self._remember(name, count + 1)
-                await self._client.patch(
-                    Event, name, bump, namespace=pod.namespace, patch_type=PatchType.MERGE
-                )
+            async with self._writes:
+                await self._write(name, event)
         except Exception as error:
             log.warning(
                 "could not record an event",
                 extra={"pod": f"{pod.namespace}/{pod.name}", "reason": reason, "error": str(error)},
             )
+
+    async def _write(self, name: str, event: Event) -> None:
+        try:
+            await self._client.create(event)
+            self._remember(name, 1)
+            return
+        except ApiError as error:
+            if error.status.code != 409:
+                raise
+        # Told before (by this process, an earlier one or another replica): bump that Event.
+        bump: dict[str, object] = {"lastTimestamp": event.to_dict()["lastTimestamp"]}
+        count = self._counts.get(name)
+        if count is not None:
+            bump["count"] = count + 1
+            self._remember(name, count + 1)
+        namespace = event.metadata.namespace if event.metadata else None
+        await self._client.patch(Event, name, bump, namespace=namespace, patch_type=PatchType.MERGE)
 
     def _remember(self, name: str, count: int) -> None:
         self._counts[name] = count

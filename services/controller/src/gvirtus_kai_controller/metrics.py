@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Iterator
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from gvirtus_kai_controller.placement import Placement
 
 # Pod creation to gate removal: from a fraction of a second (a backend is free) to many
 # minutes (pods wait for a backend to start or for room).
@@ -15,20 +19,6 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry if registry is not None else CollectorRegistry()
         r = self.registry
-        self.pods_waiting = Gauge(
-            "gvirtus_controller_pods_waiting",
-            "GVirtuS pods gated until a backend has room.",
-            registry=r,
-        )
-        self.backend_pods = Gauge(
-            "gvirtus_controller_backend_pods",
-            "Live GVirtuS pods assigned to each backend (ip:port).",
-            ["backend"],
-            registry=r,
-        )
-        self.backends_ready = Gauge(
-            "gvirtus_controller_backends_ready", "Ready backends with an IPv4 address.", registry=r
-        )
         self.assignment_latency = Histogram(
             "gvirtus_controller_assignment_latency_seconds",
             "From pod creation to its scheduling gate being removed.",
@@ -66,12 +56,39 @@ class Metrics:
             ["resource", "reason"],
             registry=r,
         )
-        self.leading = Gauge(
-            "gvirtus_controller_leading", "1 while this replica assigns backends.", registry=r
-        )
 
-    def set_backend_pods(self, loads: Mapping[str, int]) -> None:
-        """Publish ``loads`` as the whole set: backends no longer listed are dropped."""
-        self.backend_pods.clear()
-        for address, count in loads.items():
-            self.backend_pods.labels(address).set(count)
+    def watch(self, placement: Placement, leading: Callable[[], bool]) -> None:
+        """Publish the placement state; read when scraped, so it costs nothing per event."""
+        self.registry.register(_StateCollector(placement, leading))
+
+
+class _StateCollector(Collector):
+    def __init__(self, placement: Placement, leading: Callable[[], bool]) -> None:
+        self._placement = placement
+        self._leading = leading
+
+    def collect(self) -> Iterator[Metric]:
+        placement = self._placement
+        yield GaugeMetricFamily(
+            "gvirtus_controller_pods_waiting",
+            "GVirtuS pods gated until a backend has room.",
+            value=placement.waiting_count,
+        )
+        per_backend = GaugeMetricFamily(
+            "gvirtus_controller_backend_pods",
+            "Live GVirtuS pods assigned to each backend (ip:port).",
+            labels=["backend"],
+        )
+        for address, count in sorted(placement.loads().items()):
+            per_backend.add_metric([address], count)
+        yield per_backend
+        yield GaugeMetricFamily(
+            "gvirtus_controller_backends_ready",
+            "Ready backends with an IPv4 address and the named port.",
+            value=len(placement.backends),
+        )
+        yield GaugeMetricFamily(
+            "gvirtus_controller_leading",
+            "1 while this replica assigns backends (the leader, or no election).",
+            value=1 if self._leading() else 0,
+        )
