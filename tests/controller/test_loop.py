@@ -15,6 +15,7 @@ from lightkube.resources.core_v1 import ConfigMap, Event, Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.scheduling_v1 import PriorityClass
+from lightkube.types import PatchType
 
 from tests.controller.conftest import Running, Scene, StartController
 from tests.controller.kube import (
@@ -82,7 +83,7 @@ async def test_the_assignment_writes_both_annotations_and_removes_only_its_gate(
     )
     assert [gate.name for gate in pod.spec.schedulingGates or []] == ["example.com/first"]
     assert await event_messages(client, scene, "p", "BackendAssigned") == [
-        "assigned GVirtuS backend 10.1.0.7:9999 (policy leastPods, 1 pods on it)"
+        "assigned GVirtuS backend 10.1.0.7:9999 (policy leastPods; 1 pod on it)"
     ]
 
 
@@ -381,3 +382,24 @@ async def test_a_waiting_pod_is_told_once_per_distinct_reason(
         ("no ready GVirtuS backend (0 of 0 ready)", 1),
         ("no ready GVirtuS backend (0 of 1 ready)", 1),
     ]
+
+
+async def test_a_refused_assignment_is_reported_and_retried_until_it_applies(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    # Annotations may total 256 KiB: this pod has no room left for the two the controller adds.
+    crowded = {"example.com/blob": "x" * (256 * 1024 - 200)}
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.11.1")]))
+    await start_controller()
+    await client.create(gated_pod(scene, "crowded", annotations=crowded))
+
+    (message,) = await told(client, scene, "crowded", "WaitingForBackend")
+    assert message.startswith("the API server refused the backend assignment (422)")
+    await client.patch(
+        Pod,
+        "crowded",
+        {"metadata": {"annotations": {"example.com/blob": None}}},
+        namespace=scene.apps,
+        patch_type=PatchType.MERGE,
+    )
+    assert await assigned(client, scene, "crowded") == "10.1.11.1:9999"

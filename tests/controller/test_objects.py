@@ -224,3 +224,11 @@ def test_a_term_with_only_match_fields_gets_match_expressions() -> None:
 def test_zone_terms_are_idempotent() -> None:
     once = zone_terms([], "z1")
     assert zone_terms(once, "z1") == once
+
+
+def test_a_zone_that_is_no_label_value_is_ignored() -> None:
+    # The API server stores any zone text in an EndpointSlice; a node affinity needs a label value.
+    (endpoint,) = slice_endpoints(
+        slice_from("IPv4", [{"addresses": ["10.0.0.1"], "zone": "not a label!"}]), "gvirtus"
+    )
+    assert endpoint.backend == Backend("10.0.0.1", 9999, None)

@@ -11,6 +11,7 @@ import asyncio
 import contextlib
 import logging
 import time
+from collections import Counter
 from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
@@ -303,16 +304,22 @@ class Controller:
         properties = properties_json(backend.ip, backend.port, settings.plugins)
         patch = assignment_patch(pod, backend, properties, pin_zone=settings.policy == "sameZone")
         async with self._writes:
+            if not self.leading:  # lost the lease while this write waited its turn
+                self.placement.assignment_failed(assignment, self._clock())
+                return
             try:
                 answer = await self._client.patch(
                     Pod, pod.name, patch, namespace=pod.namespace, patch_type=PatchType.MERGE
                 )
             except ApiError as error:
-                await self._assignment_refused(assignment, error.status.code, str(error))
-                return
+                refused: tuple[int | None, str] | None = (error.status.code, str(error))
             except httpx2.HTTPError as error:
-                await self._assignment_refused(assignment, None, str(error))
-                return
+                refused = (None, str(error))
+            else:
+                refused = None
+        if refused is not None:  # handled outside the semaphore: a retry may wait a while
+            await self._assignment_refused(assignment, *refused)
+            return
         now = self._clock()
         info = pod_info(answer)
         self.placement.assignment_done(assignment, info, now)
@@ -320,6 +327,7 @@ class Controller:
         self.metrics.assignments.inc()
         self.metrics.assignment_latency.observe(max(0.0, now - pod.created))
         zone = f" in zone {backend.zone}" if settings.policy == "sameZone" and backend.zone else ""
+        load = self.placement.load(backend.address)
         log.info(
             "backend assigned",
             extra={"pod": f"{pod.namespace}/{pod.name}", "backend": backend.address},
@@ -328,8 +336,8 @@ class Controller:
             self._events.record(
                 info,
                 "BackendAssigned",
-                f"assigned GVirtuS backend {backend.address}{zone} (policy {settings.policy}, "
-                f"{self.placement.load(backend.address)} pods on it)",
+                f"assigned GVirtuS backend {backend.address}{zone} (policy {settings.policy}; "
+                f"{load} pod{'' if load == 1 else 's'} on it)",
             )
         )
         self._wake.set()
@@ -392,6 +400,7 @@ class Controller:
             return
         self._told_at = now
         told: dict[PodKey, tuple[str, str]] = {}
+        news: Counter[str] = Counter()
         shared_reason: str | None = None
         for pod in self.placement.waiting_pods():
             if pod.zones.unrestricted or self._settings.policy != "sameZone":
@@ -402,9 +411,11 @@ class Controller:
                 reason = self.placement.waiting_reason(pod)
             told[pod.key] = (pod.uid, reason)
             if self._told.get(pod.key) != (pod.uid, reason):
-                log.info("pod waits", extra={"pod": f"{pod.namespace}/{pod.name}", "why": reason})
+                news[reason] += 1
                 self._spawn(self._events.record(pod, "WaitingForBackend", reason, "Warning"))
         self._told = told
+        for reason, count in news.items():
+            log.info("pods wait for a backend", extra={"pods": count, "why": reason})
 
     def _report_losses(self) -> None:
         settings = self._settings

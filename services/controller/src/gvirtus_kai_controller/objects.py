@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from gvirtus_kai_common.gvirtus import BACKEND_ANNOTATION, BACKEND_GATE, PROPERTIES_ANNOTATION
+from gvirtus_kai_common.labels import label_value_problem
 from lightkube.models.core_v1 import NodeSelectorTerm
 from lightkube.resources.core_v1 import Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
@@ -100,9 +101,14 @@ def slice_endpoints(endpoint_slice: EndpointSlice, port_name: str) -> list[Endpo
         address = next((a for a in endpoint.addresses if _is_ipv4(a)), None) if is_ipv4 else None
         backend = None
         if ready and address is not None and port is not None:
-            backend = Backend(address, port, endpoint.zone or None)
+            backend = Backend(address, port, _zone(endpoint.zone))
         endpoints.append(Endpoint(identity, ready, ipv4=address is not None, backend=backend))
     return endpoints
+
+
+def _zone(zone: str | None) -> str | None:
+    """The endpoint's zone if a node affinity can name it (a label value), else None."""
+    return zone if zone and label_value_problem(zone) is None else None
 
 
 def _is_ipv4(text: str) -> bool:
