@@ -164,3 +164,11 @@ class ApiServer:
                 process.kill()
                 process.wait()
         shutil.rmtree(self.workdir / "etcd", ignore_errors=True)
+
+
+def token_kubeconfig(admin: Path, token: str, path: Path) -> Path:
+    """``admin``'s kubeconfig with a bearer token instead of the admin certificate."""
+    config = yaml.safe_load(admin.read_text())
+    config["users"] = [{"name": "admin", "user": {"token": token}}]
+    path.write_text(yaml.safe_dump(config))
+    return path

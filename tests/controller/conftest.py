@@ -88,6 +88,12 @@ class Running:
         value = self.controller.metrics.registry.get_sample_value(name, labels)
         return value or 0.0
 
+    async def crash(self) -> None:
+        """Stop without any goodbye: the Lease is left to expire."""
+        self.task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
     async def halt(self) -> None:
         """Stop as on SIGTERM: cancel the loops, finish writes, release the Lease."""
         if not self.task.done():
@@ -112,9 +118,13 @@ async def start_controller(scene: Scene, kubeconfig: Path) -> AsyncIterator[Star
     """Run controllers in this event loop, each with its own API client; halted after the test."""
     running: list[Running] = []
 
-    async def start(*, identity: str = "controller-a", **overrides: Any) -> Running:
+    async def start(
+        *, identity: str = "controller-a", as_user: Path | None = None, **overrides: Any
+    ) -> Running:
+        """``as_user``: a kubeconfig to run with instead of the admin's."""
         settings = scene.settings(**overrides)
-        api = AsyncClient(KubeConfig.from_file(kubeconfig), field_manager="gvirtus-controller")
+        config = KubeConfig.from_file(as_user or kubeconfig)
+        api = AsyncClient(config, field_manager="gvirtus-controller")
         controller: Controller
         elector = None
         if settings.leader_election:

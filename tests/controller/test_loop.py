@@ -359,6 +359,26 @@ async def test_with_leader_election_only_the_leader_assigns_and_a_standby_takes_
     assert lease.spec.holderIdentity == "b"
 
 
+async def test_a_standby_takes_over_when_the_leader_stops_renewing(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.12.1")]))
+    election = {"leader_election": True, "lease_duration_seconds": 2.0}
+    a = await start_controller(identity="a", **election)
+    await eventually(lambda: _leading(a), "a leads")
+    b = await start_controller(identity="b", **election)
+
+    await a.crash()  # no release: b must wait for the Lease to expire
+    await client.create(gated_pod(scene, "p"))
+
+    await eventually(lambda: _leading(b), "b leads after the Lease expired")
+    await assigned(client, scene, "p")
+    assert b.sample(ASSIGNED) == 1
+    lease = await client.get(Lease, "gvirtus-controller", namespace=scene.release)
+    assert lease.spec is not None
+    assert (lease.spec.holderIdentity, lease.spec.leaseTransitions) == ("b", 1)
+
+
 async def _leading(running: Running) -> bool:
     return running.controller.leading
 
