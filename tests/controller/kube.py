@@ -10,8 +10,9 @@ from dataclasses import dataclass
 from typing import Any, TypeVar
 
 from gvirtus_kai_common.gvirtus import BACKEND_ANNOTATION, BACKEND_GATE
-from lightkube import AsyncClient
-from lightkube.resources.core_v1 import Event, Pod
+from lightkube import ApiError, AsyncClient
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 
 from tests.controller.conftest import Scene
@@ -155,3 +156,18 @@ async def told(client: AsyncClient, scene: Scene, pod: str, reason: str) -> list
     return await eventually(
         lambda: event_messages(client, scene, pod, reason), f"a {reason} event for {pod}"
     )
+
+
+async def owner_reference(client: AsyncClient, scene: Scene) -> dict[str, Any]:
+    """A controller owner for pods (a ConfigMap serves: nothing acts on the reference here)."""
+    owner = await client.create(ConfigMap(metadata=ObjectMeta(name="owner", namespace=scene.apps)))
+    assert owner.metadata is not None
+    return {"apiVersion": "v1", "kind": "ConfigMap", "name": "owner", "uid": owner.metadata.uid}
+
+
+async def pod_gone(client: AsyncClient, scene: Scene, name: str) -> bool:
+    try:
+        await client.get(Pod, name, namespace=scene.apps)
+    except ApiError as error:
+        return error.status.code == 404
+    return False

@@ -7,11 +7,11 @@ import json
 from collections import Counter
 
 from gvirtus_kai_common.gvirtus import BACKEND_ANNOTATION, PROPERTIES_ANNOTATION, properties_json
-from lightkube import ApiError, AsyncClient
+from lightkube import AsyncClient
 from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
 from lightkube.models.policy_v1 import PodDisruptionBudgetSpec
 from lightkube.resources.coordination_v1 import Lease
-from lightkube.resources.core_v1 import ConfigMap, Event, Pod
+from lightkube.resources.core_v1 import Event, Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.scheduling_v1 import PriorityClass
@@ -27,6 +27,8 @@ from tests.controller.kube import (
     events_of,
     eventually,
     gated_pod,
+    owner_reference,
+    pod_gone,
     told,
 )
 
@@ -203,14 +205,7 @@ async def test_same_zone_adds_the_backends_zone_to_every_required_term(
 async def test_a_lost_backend_is_reported_to_its_pods_and_only_owned_pods_are_evicted(
     client: AsyncClient, scene: Scene, start_controller: StartController
 ) -> None:
-    owner = await client.create(ConfigMap(metadata=ObjectMeta(name="owner", namespace=scene.apps)))
-    assert owner.metadata is not None
-    reference = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "name": "owner",
-        "uid": owner.metadata.uid,
-    }
+    reference = await owner_reference(client, scene)
     await client.create(backend_slice(scene, "s1", [Ready("10.1.4.1")]))
     await start_controller(on_backend_loss="evict", backend_loss_grace_seconds=0.5)
     await client.create(gated_pod(scene, "owned", owner=reference))
@@ -220,14 +215,7 @@ async def test_a_lost_backend_is_reported_to_its_pods_and_only_owned_pods_are_ev
 
     await client.delete(EndpointSlice, "s1", namespace=scene.release)
 
-    async def owned_gone() -> bool:
-        try:
-            await client.get(Pod, "owned", namespace=scene.apps)
-        except ApiError as error:
-            return error.status.code == 404
-        return False
-
-    await eventually(owned_gone, "the owned pod evicted")
+    await eventually(lambda: pod_gone(client, scene, "owned"), "the owned pod evicted")
     assert await event_messages(client, scene, "bare", "BackendLost") == [
         "GVirtuS backend 10.1.4.1:9999 is no longer ready; "
         "the pod has no controller to recreate it, so it is kept"
@@ -238,14 +226,7 @@ async def test_a_lost_backend_is_reported_to_its_pods_and_only_owned_pods_are_ev
 async def test_a_disruption_budget_holds_the_eviction_which_is_retried(
     client: AsyncClient, scene: Scene, start_controller: StartController
 ) -> None:
-    owner = await client.create(ConfigMap(metadata=ObjectMeta(name="owner", namespace=scene.apps)))
-    assert owner.metadata is not None
-    reference = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "name": "owner",
-        "uid": owner.metadata.uid,
-    }
+    reference = await owner_reference(client, scene)
     await client.create(
         PodDisruptionBudget(
             metadata=ObjectMeta(name="keep-one", namespace=scene.apps),

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from lightkube import ApiError, AsyncClient
+from lightkube import AsyncClient
 from lightkube.models.authentication_v1 import TokenRequestSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.models.rbac_v1 import PolicyRule, RoleRef, Subject
-from lightkube.resources.core_v1 import ConfigMap, Pod, ServiceAccount
+from lightkube.resources.core_v1 import ServiceAccount
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.resources.rbac_authorization_v1 import (
     ClusterRole,
@@ -20,7 +20,16 @@ from lightkube.resources.rbac_authorization_v1 import (
 
 from tests.controller.apiserver import token_kubeconfig
 from tests.controller.conftest import Scene, StartController
-from tests.controller.kube import Ready, assigned, backend_slice, eventually, gated_pod, told
+from tests.controller.kube import (
+    Ready,
+    assigned,
+    backend_slice,
+    eventually,
+    gated_pod,
+    owner_reference,
+    pod_gone,
+    told,
+)
 
 ACCOUNT = "gvirtus-controller"
 
@@ -91,14 +100,7 @@ async def test_the_contracts_rbac_is_enough_to_assign_elect_report_and_evict(
     client: AsyncClient, scene: Scene, start_controller: StartController, tmp_path: Path
 ) -> None:
     identity = await controller_identity(client, scene, tmp_path)
-    owner = await client.create(ConfigMap(metadata=ObjectMeta(name="owner", namespace=scene.apps)))
-    assert owner.metadata is not None
-    reference = {
-        "apiVersion": "v1",
-        "kind": "ConfigMap",
-        "name": "owner",
-        "uid": owner.metadata.uid,
-    }
+    reference = await owner_reference(client, scene)
     await client.create(backend_slice(scene, "s1", [Ready("10.3.0.1")]))
     running = await start_controller(
         as_user=identity,
@@ -113,12 +115,5 @@ async def test_the_contracts_rbac_is_enough_to_assign_elect_report_and_evict(
     assert await told(client, scene, "p", "BackendAssigned")
     await client.delete(EndpointSlice, "s1", namespace=scene.release)
 
-    async def evicted() -> bool:
-        try:
-            await client.get(Pod, "p", namespace=scene.apps)
-        except ApiError as error:
-            return error.status.code == 404
-        return False
-
-    await eventually(evicted, "the pod evicted")
+    await eventually(lambda: pod_gone(client, scene, "p"), "the pod evicted")
     assert running.sample("gvirtus_controller_api_errors_total", verb="watch", code="403") == 0
