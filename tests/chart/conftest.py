@@ -113,8 +113,10 @@ def render(
 
 
 @functools.cache
-def _notes_text(values_json: str) -> str:
+def _notes_text(scenario: str | None, values_json: str) -> str:
     args = ["install", RELEASE, str(CHART), "--namespace", NAMESPACE, "--dry-run=client"]
+    if scenario:
+        args += ["--values", str(CHART / "ci" / scenario)]
     # A client-side dry run never contacts a cluster; no kube config makes sure of it.
     env = {**os.environ, "KUBECONFIG": os.devnull}
     output = run_helm(*args, *_set_args(json.loads(values_json)), env=env)
@@ -123,9 +125,9 @@ def _notes_text(values_json: str) -> str:
     return notes
 
 
-def render_notes(values: Mapping[str, Any] | None = None) -> str:
+def render_notes(values: Mapping[str, Any] | None = None, scenario: str | None = None) -> str:
     """The chart's NOTES.txt as `helm install` prints it."""
-    return _notes_text(json.dumps(values or {}, sort_keys=True))
+    return _notes_text(scenario, json.dumps(values or {}, sort_keys=True))
 
 
 def labels_of(manifest: Manifest) -> dict[str, str]:

@@ -18,11 +18,12 @@ from referencing import Registry, Resource
 
 _SCHEMAS = resources.files(kubernetes_validate) / "kubernetes-json-schema"
 _STRICT_DIR = re.compile(r"^v1\.(?P<minor>\d+)\.0-local-strict$")
-OLDEST_MINOR = 29
+# Scheduling gates (GA) and the preStop sleep action: the chart's kubeVersion starts here.
+OLDEST_MINOR = 30
 
 
 def supported_minors() -> list[str]:
-    """``1.29`` up to the newest minor the installed kubernetes-validate knows."""
+    """``1.30`` up to the newest minor the installed kubernetes-validate knows."""
     minors = sorted(
         int(m["minor"]) for entry in _SCHEMAS.iterdir() if (m := _STRICT_DIR.match(entry.name))
     )

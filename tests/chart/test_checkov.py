@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 import re
 import subprocess
@@ -112,8 +113,10 @@ def test_checkov_honours_the_skips_annotated_on_single_objects(
         ("CKV_K8S_23", f"DaemonSet.{NAMESPACE}.{RELEASE}-device-plugin"),
         ("CKV_K8S_40", f"DaemonSet.{NAMESPACE}.{RELEASE}-device-plugin"),
         ("CKV_K8S_38", f"DaemonSet.{NAMESPACE}.{RELEASE}-labeler"),
+        ("CKV_K8S_38", f"Deployment.{NAMESPACE}.{RELEASE}-controller"),
         ("CKV_K8S_8", f"Pod.{NAMESPACE}.{RELEASE}-helm-test"),
         ("CKV_K8S_9", f"Pod.{NAMESPACE}.{RELEASE}-helm-test"),
+        ("CKV2_K8S_6", f"Pod.{NAMESPACE}.{RELEASE}-helm-test"),
     }
 
 
@@ -136,12 +139,19 @@ def test_checkov_still_fails_the_excused_findings_on_any_other_object(tmp_path: 
         and d["metadata"]["labels"]["app.kubernetes.io/component"] == "webhook"
     )
     _as_root_without_probes_and_with_a_token(webhook)
+    # A second test pod without the annotations: no probes and no NetworkPolicy selecting it.
+    test_pod = copy.deepcopy(next(d for d in documents if d["kind"] == "Pod"))
+    test_pod["metadata"]["name"] = "unexcused"
+    test_pod["metadata"]["annotations"] = {"helm.sh/hook": "test"}
+    documents.append(test_pod)
     (tmp_path / "regressed.yaml").write_text(yaml.safe_dump_all(documents))
     reports, returncode = _run_checkov(tmp_path)
     resource = f"Deployment.{NAMESPACE}.{RELEASE}-webhook"
     assert _results(reports, "failed") == {
         (check, resource)
         for check in ("CKV_K8S_23", "CKV_K8S_40", "CKV_K8S_38", "CKV_K8S_8", "CKV_K8S_9")
+    } | {
+        (check, f"Pod.{NAMESPACE}.unexcused") for check in ("CKV_K8S_8", "CKV_K8S_9", "CKV2_K8S_6")
     }
     assert returncode == 1
 

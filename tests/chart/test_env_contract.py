@@ -1,6 +1,13 @@
-"""Each service gets exactly the settings design.md's "Process interfaces" table defines."""
+"""Each service gets exactly the settings design.md's "Process interfaces" table defines.
+
+The controller's settings are the contract of issue 9 (placement); the webhook's PLACEMENT setting
+belongs to the same contract.
+"""
 
 from __future__ import annotations
+
+import importlib
+from typing import Any
 
 import pytest
 from gvirtus_kai_device_plugin.settings import Settings as DevicePluginSettings
@@ -8,9 +15,35 @@ from gvirtus_kai_labeler.settings import Settings as LabelerSettings
 from gvirtus_kai_webhook.settings import Settings as WebhookSettings
 from pydantic_settings import BaseSettings
 
-from tests.chart.conftest import container, env_of, render
+from tests.chart.conftest import NAMESPACE, container, env_of, render
 
 PREFIX = "GVIRTUS_KAI_"
+
+
+def _controller_settings() -> type[BaseSettings] | None:
+    try:
+        module = importlib.import_module("gvirtus_kai_controller.settings")
+    except ModuleNotFoundError:
+        return None
+    settings: type[BaseSettings] = module.Settings
+    return settings
+
+
+ControllerSettings = _controller_settings()
+# The chart renders the placement contract before the services implement all of it: each mark
+# lifts itself once the setting exists, and then the test checks the real class.
+AWAITING_CONTROLLER = pytest.mark.xfail(
+    ControllerSettings is None,
+    reason="services/controller (gvirtus_kai_controller.settings) has not landed yet",
+    raises=(AssertionError, ModuleNotFoundError, KeyError),
+    strict=True,
+)
+AWAITING_WEBHOOK_PLACEMENT = pytest.mark.xfail(
+    "placement" not in WebhookSettings.model_fields,
+    reason="the webhook has no GVIRTUS_KAI_PLACEMENT setting yet (issue 9 placement contract)",
+    raises=AssertionError,
+    strict=True,
+)
 # design.md, "Process interfaces": the settings each process reads (prefix omitted).
 DESIGN_SETTINGS = {
     "webhook": {
@@ -28,6 +61,23 @@ DESIGN_SETTINGS = {
         "FRONTEND_LABEL",
         "GPU_RESOURCE",
         "LOG_LEVEL",
+        "PLACEMENT",
+    },
+    "controller": {
+        "NAMESPACE",
+        "BACKEND_SERVICE",
+        "BACKEND_PORT_NAME",
+        "ENABLE_LABEL",
+        "PLUGINS",
+        "POLICY",
+        "MAX_PODS_PER_BACKEND",
+        "ON_BACKEND_LOSS",
+        "BACKEND_LOSS_GRACE_SECONDS",
+        "LEADER_ELECTION",
+        "LEASE_NAME",
+        "POD_NAME",
+        "HEALTH_PORT",
+        "LOG_LEVEL",
     },
     "labeler": {"NODE_NAME", "LABELS", "HEALTH_PORT"},
     "device-plugin": {
@@ -44,15 +94,35 @@ DESIGN_SETTINGS = {
 # webhook must check the label it is sent for).
 CHART_SETS = {
     "webhook": DESIGN_SETTINGS["webhook"] | {"ENABLE_LABEL"},
+    "controller": DESIGN_SETTINGS["controller"],
     "labeler": DESIGN_SETTINGS["labeler"] | {"LOG_LEVEL"},
     "device-plugin": DESIGN_SETTINGS["device-plugin"] | {"LOG_LEVEL"},
 }
-WORKLOADS = {"webhook": "Deployment", "labeler": "DaemonSet", "device-plugin": "DaemonSet"}
-SETTINGS: dict[str, type[BaseSettings]] = {
-    "webhook": WebhookSettings,
-    "labeler": LabelerSettings,
-    "device-plugin": DevicePluginSettings,
+WORKLOADS = {
+    "webhook": "Deployment",
+    "controller": "Deployment",
+    "labeler": "DaemonSet",
+    "device-plugin": "DaemonSet",
 }
+SETTINGS: dict[str, Any] = {
+    "webhook": pytest.param("webhook", marks=AWAITING_WEBHOOK_PLACEMENT),
+    "controller": pytest.param("controller", marks=AWAITING_CONTROLLER),
+    "labeler": "labeler",
+    "device-plugin": "device-plugin",
+}
+
+
+def settings_class(component: str) -> type[BaseSettings]:
+    classes: dict[str, type[BaseSettings] | None] = {
+        "webhook": WebhookSettings,
+        "controller": ControllerSettings,
+        "labeler": LabelerSettings,
+        "device-plugin": DevicePluginSettings,
+    }
+    found = classes[component]
+    if found is None:
+        raise ModuleNotFoundError(f"no settings class for {component}")
+    return found
 
 
 @pytest.mark.parametrize("component", sorted(WORKLOADS))
@@ -62,18 +132,18 @@ def test_chart_sets_the_design_settings_of_each_service(component: str) -> None:
     assert all(name.startswith(PREFIX) for name in env)
 
 
-@pytest.mark.parametrize("component", sorted(SETTINGS))
+@pytest.mark.parametrize("component", [SETTINGS[c] for c in sorted(SETTINGS)])
 def test_every_env_name_is_a_field_of_the_service_settings(component: str) -> None:
-    settings = SETTINGS[component]
+    settings = settings_class(component)
     env = env_of(render().one(WORKLOADS[component], component))
     fields = {name.upper() for name in settings.model_fields}
     assert {name.removeprefix(PREFIX) for name in env} <= fields
     assert settings.model_config.get("env_prefix") == PREFIX
 
 
-@pytest.mark.parametrize("component", sorted(SETTINGS))
+@pytest.mark.parametrize("component", [SETTINGS[c] for c in sorted(SETTINGS)])
 def test_design_settings_are_all_known_to_the_service(component: str) -> None:
-    fields = {name.upper() for name in SETTINGS[component].model_fields}
+    fields = {name.upper() for name in settings_class(component).model_fields}
     assert fields >= DESIGN_SETTINGS[component]
 
 
@@ -86,8 +156,8 @@ def test_webhook_settings_accept_the_rendered_environment(monkeypatch: pytest.Mo
     assert settings.strategy == "sed"
     assert settings.default_gvirtus_home == "/opt/gvirtus"
     assert settings.plugins == ("cudart", "cublas")
-    assert settings.backend_host == "gvirtus-backend.gvirtus-system.svc.cluster.local"
-    assert settings.backend_port == 34567
+    assert settings.backend_host == "gvirtus-backend-headless.gvirtus-system.svc.cluster.local"
+    assert settings.backend_port == 9999
     assert settings.frontend_label == "gvirtus.io/frontend.allowed=true"
 
 
@@ -97,7 +167,7 @@ def test_webhook_env_follows_values() -> None:
             values={
                 "clusterDomain": "corp.internal",
                 "backend.service.name": "gpu-rpc",
-                "backend.service.port": 40000,
+                "backend.containerPort": 40000,
                 "webhook.dns.nameservers": ["10.0.0.10", "10.0.0.11:5353"],
                 "webhook.dns.timeoutSeconds": 0.5,
                 "webhook.logLevel": "debug",
@@ -106,7 +176,7 @@ def test_webhook_env_follows_values() -> None:
             }
         ).one("Deployment", "webhook")
     )
-    assert env["GVIRTUS_KAI_BACKEND_HOST"] == "gpu-rpc.gvirtus-system.svc.corp.internal"
+    assert env["GVIRTUS_KAI_BACKEND_HOST"] == "gpu-rpc-headless.gvirtus-system.svc.corp.internal"
     assert env["GVIRTUS_KAI_BACKEND_PORT"] == "40000"
     assert env["GVIRTUS_KAI_DNS_NAMESERVERS"] == "10.0.0.10,10.0.0.11:5353"
     assert env["GVIRTUS_KAI_DNS_TIMEOUT_SECONDS"] == "0.5"
@@ -122,8 +192,9 @@ def test_webhook_defaults_match_the_design_table() -> None:
         "GVIRTUS_KAI_LISTEN_PORT": "8443",
         "GVIRTUS_KAI_TLS_CERT_FILE": "/tls/tls.crt",
         "GVIRTUS_KAI_TLS_KEY_FILE": "/tls/tls.key",
-        "GVIRTUS_KAI_BACKEND_HOST": "gvirtus-backend.gvirtus-system.svc.cluster.local",
-        "GVIRTUS_KAI_BACKEND_PORT": "34567",
+        "GVIRTUS_KAI_BACKEND_HOST": "gvirtus-backend-headless.gvirtus-system.svc.cluster.local",
+        "GVIRTUS_KAI_BACKEND_PORT": "9999",
+        "GVIRTUS_KAI_PLACEMENT": "controller",
         "GVIRTUS_KAI_DNS_NAMESERVERS": "",
         "GVIRTUS_KAI_DNS_TIMEOUT_SECONDS": "2",
         "GVIRTUS_KAI_STRATEGY": "mount",
@@ -170,6 +241,7 @@ def test_device_plugin_mounts_the_host_directories_it_is_told_about() -> None:
     ("component", "command"),
     [
         ("webhook", ["gvirtus-webhook"]),
+        ("controller", ["gvirtus-controller"]),
         ("labeler", ["gvirtus-labeler"]),
         ("device-plugin", ["gvirtus-device-plugin"]),
     ],
@@ -209,3 +281,155 @@ def test_device_plugin_settings_read_the_rendered_resource_name(
     settings = DevicePluginSettings()
     assert settings.resource_name == "example.com/vgpu"
     assert settings.device_count == 16
+
+
+def test_controller_defaults_match_the_placement_contract() -> None:
+    env = env_of(render().one("Deployment", "controller"))
+    assert env == {
+        "GVIRTUS_KAI_NAMESPACE": NAMESPACE,
+        "GVIRTUS_KAI_BACKEND_SERVICE": "gvirtus-backend-headless",
+        "GVIRTUS_KAI_BACKEND_PORT_NAME": "gvirtus",
+        "GVIRTUS_KAI_ENABLE_LABEL": "gvirtus.io/enabled",
+        "GVIRTUS_KAI_PLUGINS": "cudart,cublas,curand,cudnn,cufft,cusolver,cusparse",
+        "GVIRTUS_KAI_POLICY": "leastPods",
+        "GVIRTUS_KAI_MAX_PODS_PER_BACKEND": "0",
+        "GVIRTUS_KAI_ON_BACKEND_LOSS": "keep",
+        "GVIRTUS_KAI_BACKEND_LOSS_GRACE_SECONDS": "60",
+        "GVIRTUS_KAI_LEADER_ELECTION": "false",
+        "GVIRTUS_KAI_LEASE_NAME": "gvirtus-kai-controller",
+        "GVIRTUS_KAI_POD_NAME": {"fieldRef": {"fieldPath": "metadata.name"}},
+        "GVIRTUS_KAI_HEALTH_PORT": "8080",
+        "GVIRTUS_KAI_LOG_LEVEL": "info",
+    }
+
+
+def test_controller_env_follows_values() -> None:
+    env = env_of(
+        render(
+            values={
+                "controller.policy": "sameZone",
+                "controller.maxPodsPerBackend": 4,
+                "controller.onBackendLoss": "evict",
+                "controller.backendLossGraceSeconds": 30,
+                "controller.healthPort": 9090,
+                "controller.logLevel": "debug",
+                "backend.service.name": "gpu-rpc",
+                "webhook.plugins": ["cudart"],
+                "enableLabel": "example.com/gvirtus",
+            }
+        ).one("Deployment", "controller")
+    )
+    assert env["GVIRTUS_KAI_POLICY"] == "sameZone"
+    assert env["GVIRTUS_KAI_MAX_PODS_PER_BACKEND"] == "4"
+    assert env["GVIRTUS_KAI_ON_BACKEND_LOSS"] == "evict"
+    assert env["GVIRTUS_KAI_BACKEND_LOSS_GRACE_SECONDS"] == "30"
+    assert env["GVIRTUS_KAI_HEALTH_PORT"] == "9090"
+    assert env["GVIRTUS_KAI_LOG_LEVEL"] == "debug"
+    assert env["GVIRTUS_KAI_BACKEND_SERVICE"] == "gpu-rpc-headless"
+    assert env["GVIRTUS_KAI_PLUGINS"] == "cudart"
+    assert env["GVIRTUS_KAI_ENABLE_LABEL"] == "example.com/gvirtus"
+
+
+@pytest.mark.parametrize(("replicas", "elected"), [(1, "false"), (2, "true"), (3, "true")])
+def test_controller_elects_a_leader_only_with_more_than_one_replica(
+    replicas: int, elected: str
+) -> None:
+    controller = render(values={"controller.replicaCount": replicas}).one(
+        "Deployment", "controller"
+    )
+    assert controller["spec"]["replicas"] == replicas
+    assert env_of(controller)["GVIRTUS_KAI_LEADER_ELECTION"] == elected
+
+
+def test_a_single_controller_is_replaced_never_doubled_during_a_rollout() -> None:
+    # Without leader election, two controllers at once would both assign pods.
+    single = render().one("Deployment", "controller")
+    assert single["spec"]["strategy"] == {"type": "Recreate"}
+    elected = render("controller-ha-evict-values.yaml").one("Deployment", "controller")
+    assert "strategy" not in elected["spec"]  # rolling: the Lease keeps one leader
+
+
+@pytest.mark.parametrize(
+    ("values", "placement"),
+    [
+        ({}, "controller"),
+        ({"webhook.strategy": "sed"}, "controller"),  # sed pods use DNS whatever this says
+        ({"controller.enabled": False}, "dns"),
+    ],
+)
+def test_webhook_placement_follows_the_controller(values: dict[str, Any], placement: str) -> None:
+    env = env_of(render(values=values).one("Deployment", "webhook"))
+    assert env["GVIRTUS_KAI_PLACEMENT"] == placement
+
+
+@pytest.mark.parametrize(
+    "scenario", [None, "custom-labels-values.yaml", "sed-strategy-values.yaml"]
+)
+def test_webhook_and_controller_build_the_same_frontend_config(scenario: str | None) -> None:
+    # Both write properties.json (webhook on the DNS path, controller on the gated path) and
+    # both must recognise the same pods.
+    manifests = render(scenario)
+    webhook = env_of(manifests.one("Deployment", "webhook"))
+    controller = env_of(manifests.one("Deployment", "controller"))
+    assert controller["GVIRTUS_KAI_PLUGINS"] == webhook["GVIRTUS_KAI_PLUGINS"]
+    assert controller["GVIRTUS_KAI_ENABLE_LABEL"] == webhook["GVIRTUS_KAI_ENABLE_LABEL"]
+    hook = manifests.one("MutatingWebhookConfiguration")["webhooks"][0]
+    assert hook["objectSelector"] == {
+        "matchLabels": {controller["GVIRTUS_KAI_ENABLE_LABEL"]: "true"}
+    }
+
+
+@pytest.mark.parametrize("values", [{}, {"backend.containerPort": 7777, "clusterDomain": "x.y"}])
+def test_both_placement_paths_pin_to_the_headless_service_and_the_container_port(
+    values: dict[str, Any],
+) -> None:
+    manifests = render(values=values)
+    headless = next(s for s in manifests.of_kind("Service") if s["spec"].get("clusterIP") == "None")
+    name = headless["metadata"]["name"]
+    (port,) = headless["spec"]["ports"]
+    container_ports = container(manifests.one("DaemonSet", "backend"))["ports"]
+    assert {"name": port["name"], "containerPort": port["targetPort"], "protocol": "TCP"} in (
+        container_ports
+    )
+
+    webhook = env_of(manifests.one("Deployment", "webhook"))
+    domain = values.get("clusterDomain", "cluster.local")
+    assert webhook["GVIRTUS_KAI_BACKEND_HOST"] == f"{name}.{NAMESPACE}.svc.{domain}"
+    assert webhook["GVIRTUS_KAI_BACKEND_PORT"] == str(port["port"]) == str(port["targetPort"])
+
+    controller = env_of(manifests.one("Deployment", "controller"))
+    assert controller["GVIRTUS_KAI_NAMESPACE"] == headless["metadata"]["namespace"]
+    assert controller["GVIRTUS_KAI_BACKEND_SERVICE"] == name
+    assert controller["GVIRTUS_KAI_BACKEND_PORT_NAME"] == port["name"]
+
+
+@AWAITING_CONTROLLER
+def test_controller_settings_parse_the_rendered_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    settings_type = settings_class("controller")
+    workload = render("controller-ha-evict-values.yaml").one("Deployment", "controller")
+    for name, value in env_of(workload).items():
+        if isinstance(value, str):  # the pod name comes from the downward API at run time
+            monkeypatch.setenv(name, value)
+    monkeypatch.setenv("GVIRTUS_KAI_POD_NAME", "gvirtus-kai-controller-0")
+    settings: Any = settings_type()
+    assert settings.policy == "sameZone"
+    assert settings.max_pods_per_backend == 4
+    assert settings.on_backend_loss == "evict"
+    assert settings.backend_loss_grace_seconds == 30
+    assert settings.leader_election is True
+    assert settings.backend_service == "gvirtus-backend-headless"
+
+
+@AWAITING_WEBHOOK_PLACEMENT
+@pytest.mark.parametrize(
+    ("values", "placement"), [({}, "controller"), ({"controller.enabled": False}, "dns")]
+)
+def test_webhook_settings_read_the_rendered_placement(
+    values: dict[str, Any], placement: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in env_of(render(values=values).one("Deployment", "webhook")).items():
+        monkeypatch.setenv(name, value)
+    settings: Any = WebhookSettings()
+    assert getattr(settings, "placement", None) == placement

@@ -48,7 +48,9 @@ def test_test_pod_trusts_the_ca_from_the_webhook_tls_secret() -> None:
 
 
 def test_test_pod_uses_the_webhook_image_unless_told_otherwise() -> None:
-    assert container(render().one("Pod", "helm-test"))["image"] == "gvirtus-kai/webhook:0.1.0"
+    manifests = render()
+    webhook_image = container(manifests.one("Deployment", "webhook"))["image"]
+    assert container(manifests.one("Pod", "helm-test"))["image"] == webhook_image
     custom = render(values={"tests.image": {"repository": "python", "tag": "3.12-slim"}})
     assert container(custom.one("Pod", "helm-test"))["image"] == "python:3.12-slim"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from tests.chart import k8s_schemas
 from tests.chart.conftest import (
@@ -25,9 +26,14 @@ def _kubernetes_objects(scenario: str) -> list[Manifest]:
     return [m for m in render(scenario) if (m["apiVersion"], m["kind"]) not in CERT_MANAGER_KINDS]
 
 
-def test_validation_covers_kubernetes_1_29_up_to_the_newest_known_minor() -> None:
-    assert MINORS[0] == "1.29"
-    assert len(MINORS) >= 9, MINORS
+def test_validation_covers_kubernetes_1_30_up_to_the_newest_known_minor() -> None:
+    assert MINORS[0] == "1.30"
+    assert len(MINORS) >= 8, MINORS
+
+
+def test_validation_starts_at_the_oldest_kubernetes_the_chart_accepts() -> None:
+    chart = yaml.safe_load((CHART / "Chart.yaml").read_text())
+    assert chart["kubeVersion"] == f">={MINORS[0]}.0-0"
 
 
 @pytest.mark.parametrize("minor", MINORS)
@@ -76,6 +82,8 @@ def test_client_dry_run_install_of_the_defaults_succeeds() -> None:
     assert "kind: MutatingWebhookConfiguration" in out
 
 
-def test_clusters_older_than_1_27_are_refused() -> None:
+def test_clusters_older_than_1_30_are_refused() -> None:
+    # Scheduling gates are GA and the preStop sleep action is on by default from 1.30.
     with pytest.raises(HelmError, match="kubeVersion"):
-        render(kube_version="1.26.0")
+        render(kube_version="1.29.9")
+    assert render(kube_version="1.30.0").of_kind("Deployment")

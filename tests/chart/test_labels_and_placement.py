@@ -126,17 +126,10 @@ def test_backend_gpu_resource_follows_its_value() -> None:
     assert "nvidia.com/gpu" not in limits
 
 
-def test_device_plugin_resource_name_equal_to_gpu_resource_is_accepted() -> None:
-    plugin = render(
-        values={"gpuResource": "example.com/vgpu", "devicePlugin.resourceName": "example.com/vgpu"}
-    ).one("DaemonSet", "device-plugin")
-    assert env_of(plugin)["GVIRTUS_KAI_RESOURCE_NAME"] == "example.com/vgpu"
-
-
-def test_device_plugin_resource_name_other_than_gpu_resource_fails_with_a_reason() -> None:
-    with pytest.raises(HelmError, match="differs from gpuResource") as failure:
+def test_gpu_resource_is_the_only_name_the_device_plugin_advertises() -> None:
+    # The 0.1.0 compatibility value devicePlugin.resourceName is gone: the schema refuses it.
+    with pytest.raises(HelmError, match="resourceName"):
         render(values={"devicePlugin.resourceName": "example.com/vgpu"})
-    assert "application pods request gpuResource" in str(failure.value)
 
 
 def test_labeler_tolerates_every_taint_by_default() -> None:
@@ -169,6 +162,17 @@ def test_labeler_daemonset_labels_its_own_node_from_the_downward_api() -> None:
         ("devicePlugin", {"ServiceAccount", "DaemonSet"}),
         ("backend", {"ServiceAccount", "DaemonSet", "Service"}),
         (
+            "controller",
+            {
+                "ServiceAccount",
+                "Deployment",
+                "ClusterRole",
+                "ClusterRoleBinding",
+                "Role",
+                "RoleBinding",
+            },
+        ),
+        (
             "webhook",
             {"ServiceAccount", "Deployment", "Service", "Secret", "MutatingWebhookConfiguration"},
         ),
@@ -176,15 +180,31 @@ def test_labeler_daemonset_labels_its_own_node_from_the_downward_api() -> None:
 )
 def test_each_component_switches_off_completely(component: str, kinds: set[str]) -> None:
     label = {"devicePlugin": "device-plugin"}.get(component, component)
-    assert {m["kind"] for m in render().of_component(label)} == kinds
+    assert {m["kind"] for m in render().of_component(label)} == kinds | {"NetworkPolicy"}
     remaining = render(values={f"{component}.enabled": False})
     assert not remaining.of_component(label)
     assert remaining  # the other components still render
 
 
+def test_network_policies_switch_off_and_nothing_else_changes() -> None:
+    with_policies = render(with_tests=False)
+    without = render("network-policy-disabled-values.yaml", with_tests=False)
+    assert not without.of_kind("NetworkPolicy")
+    names = [
+        (m["kind"], m["metadata"]["name"]) for m in with_policies if m["kind"] != "NetworkPolicy"
+    ]
+    assert names == [(m["kind"], m["metadata"]["name"]) for m in without]
+
+
 def test_only_webhook_and_backend_scenario_has_no_node_agents() -> None:
     manifests = render("webhook-and-backend-only-values.yaml")
-    assert manifests.components() == {"backend", "webhook", "helm-test"}
+    assert manifests.components() == {"backend", "controller", "webhook", "helm-test"}
+
+
+def test_controller_disabled_scenario_renders_no_controller_object() -> None:
+    manifests = render("controller-disabled-values.yaml")
+    assert not manifests.of_component("controller")
+    assert env_of(manifests.one("Deployment", "webhook"))["GVIRTUS_KAI_PLACEMENT"] == "dns"
 
 
 def test_every_selector_uses_only_the_stable_selector_labels() -> None:

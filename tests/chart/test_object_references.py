@@ -183,18 +183,23 @@ def test_every_pod_runs_as_a_service_account_the_chart_creates(scenario: str) ->
         assert (workload["metadata"]["namespace"], account) in accounts
 
 
+@pytest.mark.parametrize("kind", ["ClusterRole", "Role"])
 @pytest.mark.parametrize("scenario", SCENARIOS)
-def test_cluster_role_bindings_grant_the_release_namespace_account_a_rendered_role(
-    scenario: str,
+def test_role_bindings_grant_the_release_namespace_account_a_rendered_role(
+    scenario: str, kind: str
 ) -> None:
     manifests = scenario_manifests(scenario)
-    roles = {role["metadata"]["name"] for role in manifests.of_kind("ClusterRole")}
+    roles = {
+        (role["metadata"].get("namespace"), role["metadata"]["name"])
+        for role in manifests.of_kind(kind)
+    }
     accounts = {
         (account["metadata"]["namespace"], account["metadata"]["name"])
         for account in manifests.of_kind("ServiceAccount")
     }
-    for binding in manifests.of_kind("ClusterRoleBinding"):
-        assert binding["roleRef"]["name"] in roles
+    for binding in manifests.of_kind(f"{kind}Binding"):
+        assert binding["roleRef"]["kind"] == kind
+        assert (binding["metadata"].get("namespace"), binding["roleRef"]["name"]) in roles
         for subject in binding["subjects"]:
             assert subject["kind"] == "ServiceAccount"
             assert subject["namespace"] == NAMESPACE
@@ -242,6 +247,8 @@ def test_cluster_scoped_names_carry_the_release_namespace() -> None:
     assert names == {
         ("ClusterRole", "gvirtus-kai-labeler.gvirtus-system"),
         ("ClusterRoleBinding", "gvirtus-kai-labeler.gvirtus-system"),
+        ("ClusterRole", "gvirtus-kai-controller.gvirtus-system"),
+        ("ClusterRoleBinding", "gvirtus-kai-controller.gvirtus-system"),
         ("MutatingWebhookConfiguration", "gvirtus-kai-webhook.gvirtus-system"),
     }
 

@@ -7,8 +7,10 @@ from typing import Any
 import pytest
 
 from tests.chart.conftest import (
+    NAMESPACE,
     SCENARIOS,
     Manifest,
+    Manifests,
     container,
     labels_of,
     pod_spec,
@@ -17,7 +19,8 @@ from tests.chart.conftest import (
 )
 
 ROOT_EXCEPTION = "device-plugin"  # creates sockets in the kubelet's root-owned directory
-API_CLIENTS = {"labeler"}  # the only component that talks to the API server
+API_CLIENTS = {"labeler", "controller"}  # the only components that talk to the API server
+RBAC_GROUP = "rbac.authorization.k8s.io"
 
 
 def _component(workload: Manifest) -> str:
@@ -84,11 +87,17 @@ def test_only_api_clients_mount_a_service_account_token(scenario: str, workload:
     assert pod_spec(workload)["automountServiceAccountToken"] is expected
 
 
-def test_service_accounts_mount_no_token_except_the_labelers() -> None:
+def test_service_accounts_mount_no_token_except_the_api_clients() -> None:
     accounts = {
         _component(a): a["automountServiceAccountToken"] for a in render().of_kind("ServiceAccount")
     }
-    assert accounts == {"labeler": True, "device-plugin": False, "backend": False, "webhook": False}
+    assert accounts == {
+        "labeler": True,
+        "controller": True,
+        "device-plugin": False,
+        "backend": False,
+        "webhook": False,
+    }
 
 
 def test_each_workload_runs_under_its_own_service_account() -> None:
@@ -99,30 +108,104 @@ def test_each_workload_runs_under_its_own_service_account() -> None:
             assert pod_spec(workload)["serviceAccountName"] in accounts
 
 
-def test_labeler_may_only_read_and_patch_nodes() -> None:
-    manifests = render()
-    (role,) = manifests.of_kind("ClusterRole")
-    assert role["rules"] == [
-        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]}
-    ]
-    (binding,) = manifests.of_kind("ClusterRoleBinding")
-    labeler_account = manifests.one("ServiceAccount", "labeler")["metadata"]["name"]
+def _bound_rules(manifests: Manifests, component: str, scope: str) -> list[dict[str, Any]]:
+    """Rules of the component's (Cluster)Role, checked to be bound to its own account only."""
+    role = manifests.one(scope, component)
+    binding = manifests.one(f"{scope}Binding", component)
+    account = manifests.one("ServiceAccount", component)["metadata"]
     assert binding["roleRef"] == {
-        "apiGroup": "rbac.authorization.k8s.io",
-        "kind": "ClusterRole",
+        "apiGroup": RBAC_GROUP,
+        "kind": scope,
         "name": role["metadata"]["name"],
     }
     assert binding["subjects"] == [
-        {"kind": "ServiceAccount", "name": labeler_account, "namespace": "gvirtus-system"}
+        {"kind": "ServiceAccount", "name": account["name"], "namespace": account["namespace"]}
+    ]
+    if scope == "Role":
+        assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == NAMESPACE
+    rules: list[dict[str, Any]] = role["rules"]
+    return rules
+
+
+def test_labeler_may_only_read_and_patch_nodes() -> None:
+    assert _bound_rules(render(), "labeler", "ClusterRole") == [
+        {"apiGroups": [""], "resources": ["nodes"], "verbs": ["get", "list", "watch", "patch"]}
     ]
 
 
-def test_no_other_rbac_objects_exist_in_any_scenario() -> None:
+# The controller's RBAC, exactly as the placement contract grants it.
+CONTROLLER_PODS = {
+    "apiGroups": [""],
+    "resources": ["pods"],
+    "verbs": ["get", "list", "watch", "patch"],
+}
+CONTROLLER_EVENTS = {"apiGroups": [""], "resources": ["events"], "verbs": ["create", "patch"]}
+CONTROLLER_EVICTION = {"apiGroups": [""], "resources": ["pods/eviction"], "verbs": ["create"]}
+CONTROLLER_SLICES = {
+    "apiGroups": ["discovery.k8s.io"],
+    "resources": ["endpointslices"],
+    "verbs": ["get", "list", "watch"],
+}
+CONTROLLER_LEASES = {
+    "apiGroups": ["coordination.k8s.io"],
+    "resources": ["leases"],
+    "verbs": ["get", "create", "update"],
+}
+
+
+@pytest.mark.parametrize(
+    ("values", "cluster_rules", "namespace_rules"),
+    [
+        pytest.param(
+            {}, [CONTROLLER_PODS, CONTROLLER_EVENTS], [CONTROLLER_SLICES], id="keep-single"
+        ),
+        pytest.param(
+            {"controller.onBackendLoss": "evict"},
+            [CONTROLLER_PODS, CONTROLLER_EVENTS, CONTROLLER_EVICTION],
+            [CONTROLLER_SLICES],
+            id="evict-single",
+        ),
+        pytest.param(
+            {"controller.replicaCount": 2},
+            [CONTROLLER_PODS, CONTROLLER_EVENTS],
+            [CONTROLLER_SLICES, CONTROLLER_LEASES],
+            id="keep-ha",
+        ),
+        pytest.param(
+            {"controller.onBackendLoss": "evict", "controller.replicaCount": 3},
+            [CONTROLLER_PODS, CONTROLLER_EVENTS, CONTROLLER_EVICTION],
+            [CONTROLLER_SLICES, CONTROLLER_LEASES],
+            id="evict-ha",
+        ),
+    ],
+)
+def test_controller_rbac_is_exactly_the_placement_contract(
+    values: dict[str, Any],
+    cluster_rules: list[dict[str, Any]],
+    namespace_rules: list[dict[str, Any]],
+) -> None:
+    manifests = render(values=values)
+    assert _bound_rules(manifests, "controller", "ClusterRole") == cluster_rules
+    assert _bound_rules(manifests, "controller", "Role") == namespace_rules
+
+
+def test_rbac_objects_are_exactly_the_labelers_and_the_controllers_in_every_scenario() -> None:
+    rbac_kinds = {"ClusterRole", "ClusterRoleBinding", "Role", "RoleBinding"}
     for scenario in SCENARIOS:
-        kinds = [m["kind"] for m in render(scenario)]
-        assert "Role" not in kinds
-        assert "RoleBinding" not in kinds
-        assert kinds.count("ClusterRole") <= 1
+        manifests = render(scenario)
+        found = sorted((m["kind"], _component(m)) for m in manifests if m["kind"] in rbac_kinds)
+        expected = []
+        if manifests.of_component("labeler"):
+            expected += [("ClusterRole", "labeler"), ("ClusterRoleBinding", "labeler")]
+        if manifests.of_component("controller"):
+            expected += [(kind, "controller") for kind in rbac_kinds]
+        assert found == sorted(expected), scenario
+
+
+def test_the_ha_evict_scenario_renders_the_widest_controller_rbac() -> None:
+    manifests = render("controller-ha-evict-values.yaml")
+    assert CONTROLLER_EVICTION in manifests.one("ClusterRole", "controller")["rules"]
+    assert CONTROLLER_LEASES in manifests.one("Role", "controller")["rules"]
 
 
 def test_backend_security_adapts_to_the_gvirtus_image() -> None:
@@ -134,11 +217,16 @@ def test_backend_security_adapts_to_the_gvirtus_image() -> None:
     assert container(backend)["securityContext"]["readOnlyRootFilesystem"] is False
 
 
-def test_images_default_to_the_chart_app_version_and_digest_pins_them() -> None:
+def test_images_default_to_the_released_images_of_the_app_version_and_digest_pins_them() -> None:
     manifests = render(values={"labeler.image.digest": "sha256:" + "a" * 64})
-    assert container(manifests.one("Deployment", "webhook"))["image"] == "gvirtus-kai/webhook:0.1.0"
+    assert container(manifests.one("Deployment", "webhook"))["image"] == (
+        "ghcr.io/gvirtus/gvirtus-kai-webhook:0.1.0"
+    )
+    assert container(manifests.one("Deployment", "controller"))["image"] == (
+        "ghcr.io/gvirtus/gvirtus-kai-controller:0.1.0"
+    )
     assert container(manifests.one("DaemonSet", "labeler"))["image"] == (
-        "gvirtus-kai/labeler@sha256:" + "a" * 64
+        "ghcr.io/gvirtus/gvirtus-kai-labeler@sha256:" + "a" * 64
     )
 
 

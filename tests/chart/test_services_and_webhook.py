@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import pytest
 
-from tests.chart.conftest import NAMESPACE, HelmError, container, pod_spec, render
+from tests.chart.conftest import NAMESPACE, SCENARIOS, HelmError, container, pod_spec, render
 
 
 def test_backend_service_maps_34567_to_the_backend_container_port() -> None:
@@ -16,6 +18,45 @@ def test_backend_service_maps_34567_to_the_backend_container_port() -> None:
     ]
     ports = container(manifests.one("DaemonSet", "backend"))["ports"]
     assert ports == [{"name": "gvirtus", "containerPort": 9999, "protocol": "TCP"}]
+
+
+def test_backend_service_keeps_each_client_on_one_backend() -> None:
+    # GVirtuS opens a connection per application thread; all of them must reach one GPU.
+    service = render().named("Service", "gvirtus-backend")
+    assert service["spec"]["sessionAffinity"] == "ClientIP"
+
+
+@pytest.mark.parametrize(
+    ("values", "name", "port"),
+    [
+        ({}, "gvirtus-backend-headless", 9999),
+        (
+            {"backend.service.name": "gpu-rpc", "backend.containerPort": 7000},
+            "gpu-rpc-headless",
+            7000,
+        ),
+    ],
+)
+def test_headless_backend_service_lists_ready_pods_on_the_container_port(
+    values: dict[str, Any], name: str, port: int
+) -> None:
+    manifests = render(values=values)
+    headless = manifests.named("Service", name)
+    clusterip = manifests.named("Service", values.get("backend.service.name", "gvirtus-backend"))
+    assert headless["spec"] == {
+        "clusterIP": "None",
+        "publishNotReadyAddresses": False,
+        "selector": clusterip["spec"]["selector"],
+        "ports": [{"name": "gvirtus", "port": port, "targetPort": port, "protocol": "TCP"}],
+    }
+    assert headless["metadata"]["labels"] == clusterip["metadata"]["labels"]
+
+
+def test_backend_service_name_leaves_room_for_the_headless_suffix() -> None:
+    with pytest.raises(HelmError, match="values don't meet the specifications"):
+        render(values={"backend.service.name": "b" * 55})
+    longest = render(values={"backend.service.name": "b" * 54})
+    assert longest.named("Service", "b" * 54 + "-headless")
 
 
 def test_webhook_service_maps_443_to_the_webhook_container_port() -> None:
@@ -41,10 +82,31 @@ def test_traffic_distribution_on_a_cluster_older_than_1_31_fails_with_a_reason()
         render(values={"backend.service.trafficDistribution": "PreferClose"}, kube_version="1.30.0")
 
 
-def test_backend_probes_check_the_gvirtus_tcp_port() -> None:
-    backend = container(render().one("DaemonSet", "backend"))
-    assert backend["readinessProbe"]["tcpSocket"] == {"port": "gvirtus"}
-    assert backend["livenessProbe"]["tcpSocket"] == {"port": "gvirtus"}
+@pytest.mark.parametrize("scenario", SCENARIOS)
+def test_backend_probes_never_connect_to_the_gvirtus_port(scenario: str) -> None:
+    # GVirtuS never closes an accepted connection: a TCP probe would leak a descriptor per check.
+    for backend in render(scenario).of_component("backend"):
+        if backend["kind"] != "DaemonSet":
+            continue
+        probes = [container(backend)[p] for p in ("readinessProbe", "livenessProbe")]
+        assert "startupProbe" not in container(backend)
+        for probe in probes:
+            assert set(probe) & {"tcpSocket", "httpGet", "grpc"} == set()
+            assert probe["exec"]["command"][:2] == ["/bin/sh", "-c"]
+            assert "/proc/net/tcp" in probe["exec"]["command"][2]
+
+
+def test_backend_probe_timing_comes_from_values() -> None:
+    values = {
+        "backend.readinessProbe.initialDelaySeconds": 1,
+        "backend.readinessProbe.periodSeconds": 3,
+        "backend.livenessProbe.initialDelaySeconds": 40,
+        "backend.livenessProbe.periodSeconds": 30,
+    }
+    backend = container(render(values=values).one("DaemonSet", "backend"))
+    readiness, liveness = backend["readinessProbe"], backend["livenessProbe"]
+    assert (readiness["initialDelaySeconds"], readiness["periodSeconds"]) == (1, 3)
+    assert (liveness["initialDelaySeconds"], liveness["periodSeconds"]) == (40, 30)
 
 
 def test_backend_requests_gpus_or_uses_a_runtime_class() -> None:
@@ -71,6 +133,34 @@ def test_backend_command_args_and_env_pass_through() -> None:
     assert backend["command"] == ["/usr/local/gvirtus/bin/gvirtus-backend"]
     assert backend["args"] == ["/usr/local/gvirtus/etc/properties.json"]
     assert backend["env"] == [{"name": "GVIRTUS_LOGLEVEL", "value": "10000"}]
+
+
+def test_webhook_sleeps_before_sigterm_so_endpoints_drain_first() -> None:
+    webhook = render().one("Deployment", "webhook")
+    assert container(webhook)["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
+    # After the sleep, in-flight reviews get one API-server webhook timeout to finish.
+    assert pod_spec(webhook)["terminationGracePeriodSeconds"] == 5 + 10
+
+
+def test_webhook_grace_period_follows_the_sleep_and_the_webhook_timeout() -> None:
+    values = {"webhook.preStopSleepSeconds": 12, "webhook.timeoutSeconds": 25}
+    webhook = render(values=values).one("Deployment", "webhook")
+    assert container(webhook)["lifecycle"]["preStop"]["sleep"]["seconds"] == 12
+    assert pod_spec(webhook)["terminationGracePeriodSeconds"] == 37
+
+
+def test_webhook_without_a_pre_stop_sleep_has_no_lifecycle_hook() -> None:
+    webhook = render(values={"webhook.preStopSleepSeconds": 0}).one("Deployment", "webhook")
+    assert "lifecycle" not in container(webhook)
+    assert pod_spec(webhook)["terminationGracePeriodSeconds"] == 10
+
+
+def test_webhook_turns_unready_within_seconds() -> None:
+    # A failing /readyz takes the pod out of the endpoints within the preStop sleep.
+    webhook = container(render().one("Deployment", "webhook"))
+    readiness = webhook["readinessProbe"]
+    unready_after = readiness["periodSeconds"] * readiness["failureThreshold"]
+    assert unready_after <= webhook["lifecycle"]["preStop"]["sleep"]["seconds"]
 
 
 def test_webhook_probes_use_https_health_endpoints() -> None:

@@ -28,7 +28,10 @@ KINDS = {
            ("services", "Service", True), ("pods", "Pod", True)],
     "apps/v1": [("daemonsets", "DaemonSet", True), ("deployments", "Deployment", True)],
     "rbac.authorization.k8s.io/v1": [("clusterroles", "ClusterRole", False),
-                                     ("clusterrolebindings", "ClusterRoleBinding", False)],
+                                     ("clusterrolebindings", "ClusterRoleBinding", False),
+                                     ("roles", "Role", True),
+                                     ("rolebindings", "RoleBinding", True)],
+    "networking.k8s.io/v1": [("networkpolicies", "NetworkPolicy", True)],
     "admissionregistration.k8s.io/v1": [
         ("mutatingwebhookconfigurations", "MutatingWebhookConfiguration", False)
     ],

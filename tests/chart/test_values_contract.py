@@ -36,13 +36,17 @@ def _schema_at(path: tuple[str, ...]) -> dict[str, Any] | None:
 def _schema_property_paths(
     node: dict[str, Any], values: Any, prefix: tuple[str, ...] = ()
 ) -> list[tuple[str, ...]]:
-    """Declared properties of every object schema reached along values.yaml's maps."""
+    """Declared properties of every object schema reached along values.yaml's non-empty maps.
+
+    An empty map (a node selector, a label selector) is one value the user fills in; the keys its
+    schema declares describe that input, not defaults values.yaml must carry.
+    """
     node = _resolve(node)
     paths = []
     for key, child in node.get("properties", {}).items():
         path = (*prefix, key)
         paths.append(path)
-        if isinstance(values, dict) and isinstance(values.get(key), dict):
+        if isinstance(values, dict) and isinstance(values.get(key), dict) and values[key]:
             paths += _schema_property_paths(child, values[key], path)
     return paths
 
@@ -145,6 +149,13 @@ def test_schema_rejects_an_unknown_top_level_key() -> None:
         ("backend.runAsUser", 0),
         ("webhook.listenHost", "localhost"),
         ("devicePlugin.readinessProbe.periodSeconds", 0),
+        ("controller.policy", "fastest"),
+        ("controller.onBackendLoss", "delete"),
+        ("controller.replicaCount", 0),
+        ("controller.maxPodsPerBackend", -1),
+        ("webhook.preStopSleepSeconds", -1),
+        ("backend.service.name", "a-backend-service-name-that-leaves-no-room-for-headless"),
+        ("networkPolicy.metricsNamespaceSelector", {"namespaces": ["monitoring"]}),
     ],
 )
 def test_schema_rejects_out_of_range_values(path: str, value: Any) -> None:

@@ -21,7 +21,14 @@ from tests.ci.buildfiles import REPO_ROOT
 
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 CHART_YAML = REPO_ROOT / "charts" / "gvirtus-kai" / "Chart.yaml"
-COMPONENTS = ["webhook", "labeler", "device-plugin", "controller"]
+VALUES_YAML = REPO_ROOT / "charts" / "gvirtus-kai" / "values.yaml"
+# values.yaml key of each GVirtuS-KAI image -> the component in its image name.
+COMPONENTS = {
+    "webhook": "webhook",
+    "labeler": "labeler",
+    "devicePlugin": "device-plugin",
+    "controller": "controller",
+}
 PREFIX = "registry.test/acme/gvirtus-kai"
 
 
@@ -73,17 +80,26 @@ def test_package_chart_sets_chart_and_app_version_from_the_tag(
 def test_package_chart_points_our_images_at_the_release_registry_only(
     tmp_path: Path, helm_path: str
 ) -> None:
-    original = yaml.safe_load((REPO_ROOT / "charts/gvirtus-kai/values.yaml").read_text())
+    original = yaml.safe_load(VALUES_YAML.read_text())
     assert package("v0.3.0", tmp_path, helm_path).returncode == 0
 
     values = packaged_file(tmp_path / "gvirtus-kai-0.3.0.tgz", "values.yaml")
 
-    assert {key: values[key]["image"]["repository"] for key in ("webhook", "labeler")} == {
-        "webhook": f"{PREFIX}/webhook",
-        "labeler": f"{PREFIX}/labeler",
+    assert {key: values[key]["image"]["repository"] for key in COMPONENTS} == {
+        key: f"{PREFIX}-{component}" for key, component in COMPONENTS.items()
     }
-    assert values["devicePlugin"]["image"]["repository"] == f"{PREFIX}/device-plugin"
     assert values["backend"]["image"] == original["backend"]["image"]
+
+
+def test_the_chart_defaults_to_the_images_a_release_of_the_upstream_repository_pushes() -> None:
+    # release.yaml packages with IMAGE_PREFIX ghcr.io/<owner>/gvirtus-kai; the chart's home
+    # repository is the owner whose images the defaults name.
+    chart = yaml.safe_load(CHART_YAML.read_text())
+    owner = chart["home"].removeprefix("https://github.com/").split("/")[0]
+    values = yaml.safe_load(VALUES_YAML.read_text())
+    assert {key: values[key]["image"]["repository"] for key in COMPONENTS} == {
+        key: f"ghcr.io/{owner}/gvirtus-kai-{component}" for key, component in COMPONENTS.items()
+    }
 
 
 def test_package_chart_leaves_the_working_tree_untouched(tmp_path: Path, helm_path: str) -> None:
@@ -133,10 +149,10 @@ def run_kind_load(tmp_path: Path, *args: str, **env: str) -> list[str]:
     return calls.read_text().splitlines()
 
 
-def expected_calls(cluster: str, prefix: str, tag: str) -> list[str]:
+def expected_calls(cluster: str, repositories: dict[str, str], tag: str) -> list[str]:
     calls = []
-    for component in COMPONENTS:
-        image = f"{prefix}/{component}:{tag}"
+    for component, repository in repositories.items():
+        image = f"{repository}:{tag}"
         calls += [
             f"docker buildx build --load --file Dockerfile.{component} --tag {image} .",
             f"kind load docker-image --name {cluster} {image}",
@@ -149,10 +165,15 @@ def test_kind_load_builds_and_loads_each_image_under_the_charts_default_name(
 ) -> None:
     calls = run_kind_load(tmp_path, "ci-cluster")
 
-    assert calls == expected_calls("ci-cluster", "gvirtus-kai", chart_app_version())
+    values = yaml.safe_load(VALUES_YAML.read_text())
+    defaults = {
+        component: values[key]["image"]["repository"] for key, component in COMPONENTS.items()
+    }
+    assert calls == expected_calls("ci-cluster", defaults, chart_app_version())
 
 
 def test_kind_load_takes_prefix_and_tag_from_the_environment(tmp_path: Path) -> None:
     calls = run_kind_load(tmp_path, IMAGE_PREFIX="example/gk", IMAGE_TAG="dev")
 
-    assert calls == expected_calls("kind", "example/gk", "dev")
+    named = {component: f"example/gk-{component}" for component in COMPONENTS.values()}
+    assert calls == expected_calls("kind", named, "dev")

@@ -90,14 +90,16 @@ def test_config_explains_a_missing_binary() -> None:
         E2EConfig.from_environ({"PATH": ""})
 
 
-def test_image_overrides_point_all_three_images_at_prefix_and_tag() -> None:
-    assert image_value_overrides("registry.test/gk/", "pr-7") == [
-        "--set", "webhook.image.repository=registry.test/gk/webhook",
+def test_image_overrides_point_every_image_at_prefix_and_tag() -> None:
+    assert image_value_overrides("registry.test/gk/gvirtus-kai", "pr-7") == [
+        "--set", "webhook.image.repository=registry.test/gk/gvirtus-kai-webhook",
         "--set", "webhook.image.tag=pr-7",
-        "--set", "labeler.image.repository=registry.test/gk/labeler",
+        "--set", "labeler.image.repository=registry.test/gk/gvirtus-kai-labeler",
         "--set", "labeler.image.tag=pr-7",
-        "--set", "devicePlugin.image.repository=registry.test/gk/device-plugin",
+        "--set", "devicePlugin.image.repository=registry.test/gk/gvirtus-kai-device-plugin",
         "--set", "devicePlugin.image.tag=pr-7",
+        "--set", "controller.image.repository=registry.test/gk/gvirtus-kai-controller",
+        "--set", "controller.image.tag=pr-7",
     ]  # fmt: skip
 
 

@@ -22,8 +22,13 @@ T = TypeVar("T")
 REPO_ROOT = Path(__file__).resolve().parents[2]
 SKIP_REASON_NO_CLUSTER = "KUBECONFIG not set: e2e needs a real cluster"
 
-# values.yaml key of each GVirtuS-KAI component -> its image repository name.
-IMAGE_COMPONENTS = {"webhook": "webhook", "labeler": "labeler", "devicePlugin": "device-plugin"}
+# values.yaml key of each GVirtuS-KAI component -> the component in its image name.
+IMAGE_COMPONENTS = {
+    "webhook": "webhook",
+    "labeler": "labeler",
+    "devicePlugin": "device-plugin",
+    "controller": "controller",
+}
 
 # app.kubernetes.io/component of the chart's `helm test` pods.
 HELM_TEST_COMPONENT = "helm-test"
@@ -77,11 +82,11 @@ def resolve_binary(name: str, override: str | None, environ: Mapping[str, str]) 
 
 
 def image_value_overrides(prefix: str | None, tag: str | None) -> list[str]:
-    """`--set` arguments pointing the three GVirtuS-KAI images at a prefix and/or a tag."""
+    """`--set` arguments pointing the GVirtuS-KAI images at `<prefix>-<component>` and/or a tag."""
     args: list[str] = []
-    for values_key, repository in IMAGE_COMPONENTS.items():
+    for values_key, component in IMAGE_COMPONENTS.items():
         if prefix:
-            args += ["--set", f"{values_key}.image.repository={prefix.rstrip('/')}/{repository}"]
+            args += ["--set", f"{values_key}.image.repository={prefix.rstrip('-')}-{component}"]
         if tag:
             args += ["--set", f"{values_key}.image.tag={tag}"]
     return args

@@ -96,8 +96,25 @@ capabilities:
 {{- printf "%s=%s,%s=%s" $r.frontend.key $r.frontend.default $r.backend.key $r.backend.default }}
 {{- end }}
 
+{{/* The headless Service of the ready backend pods: the controller reads its EndpointSlices, the
+webhook's DNS placement its A records. */}}
+{{- define "gvirtus-kai.backendHeadlessName" -}}
+{{- printf "%s-headless" .Values.backend.service.name }}
+{{- end }}
+
 {{- define "gvirtus-kai.backendHost" -}}
-{{- printf "%s.%s.svc.%s" .Values.backend.service.name .Release.Namespace .Values.clusterDomain }}
+{{- printf "%s.%s.svc.%s" (include "gvirtus-kai.backendHeadlessName" .) .Release.Namespace .Values.clusterDomain }}
+{{- end }}
+
+{{/*
+Shell script of the exec probe that succeeds while a socket LISTENs on the backend's container port. It reads
+/proc/net/tcp and /proc/net/tcp6 (local address HEXIP:HEXPORT, state 0A = LISTEN) with shell
+builtins only and never connects: GVirtuS never closes a connection it accepted, so every TCP
+probe would leak a descriptor in the backend.
+*/}}
+{{- define "gvirtus-kai.backend.listeningProbe" -}}
+{{- $port := printf "%04X" (int .Values.backend.containerPort) }}
+{{- printf "for table in /proc/net/tcp /proc/net/tcp6; do [ -r \"$table\" ] || continue; while read -r _ local _ state _; do [ \"$state\" = 0A ] && [ \"${local##*:}\" = %s ] && exit 0; done <\"$table\"; done; exit 1" $port }}
 {{- end }}
 
 {{/* Webhook TLS ----------------------------------------------------------------------------------- */}}
@@ -158,4 +175,47 @@ On upgrade the existing Secret is reused (lookup returns nothing under `helm tem
 {{- else if eq .Values.webhook.tls.mode "secret" }}
 {{- required "webhook.tls.secret.caBundle is required when webhook.tls.mode is secret" .Values.webhook.tls.secret.caBundle }}
 {{- end }}
+{{- end }}
+
+{{/* Network policies ------------------------------------------------------------------------------ */}}
+
+{{/*
+Ingress-only NetworkPolicy of one component. Call with (dict "ctx" $ "component" "webhook"
+"openPort" 8443) for a port reachable from anywhere, and/or "metricsPort" 8080 for a health/metrics
+port reachable only from networkPolicy.metricsNamespaceSelector (none when it is empty). Probes come
+from the node's kubelet, which CNIs enforcing NetworkPolicy allow.
+*/}}
+{{- define "gvirtus-kai.networkPolicy" -}}
+{{- $selector := .ctx.Values.networkPolicy.metricsNamespaceSelector }}
+apiVersion: networking.k8s.io/v1
+kind: NetworkPolicy
+metadata:
+  name: {{ include "gvirtus-kai.componentName" . }}
+  namespace: {{ .ctx.Release.Namespace }}
+  labels:
+    {{- include "gvirtus-kai.labels" . | nindent 4 }}
+spec:
+  podSelector:
+    matchLabels:
+      {{- include "gvirtus-kai.selectorLabels" . | nindent 6 }}
+  policyTypes: ["Ingress"]
+  {{- if or .openPort (and .metricsPort $selector) }}
+  ingress:
+    {{- with .openPort }}
+    - ports:
+        - port: {{ . }}
+          protocol: TCP
+    {{- end }}
+    {{- if and .metricsPort $selector }}
+    - from:
+        - namespaceSelector:
+            {{- toYaml $selector | nindent 12 }}
+      ports:
+        - port: {{ .metricsPort }}
+          protocol: TCP
+    {{- end }}
+  {{- else }}
+  # Nothing may connect: the health/metrics port is open to no namespace (metricsNamespaceSelector).
+  ingress: []
+  {{- end }}
 {{- end }}
