@@ -37,7 +37,10 @@ def triggers(workflow: dict[Any, Any]) -> dict[str, Any]:
 
 
 def steps(workflow: dict[Any, Any]) -> list[tuple[str, dict[str, Any]]]:
-    return [(job_id, step) for job_id, job in workflow["jobs"].items() for step in job["steps"]]
+    """Steps of every job (a job that calls a reusable workflow has none)."""
+    return [
+        (job_id, step) for job_id, job in workflow["jobs"].items() for step in job.get("steps", [])
+    ]
 
 
 def makefile_targets() -> set[str]:
@@ -120,12 +123,33 @@ def test_release_grants_write_permissions_only_to_the_jobs_that_publish() -> Non
     assert writes == {"images": ["packages"], "chart": ["contents", "packages"]}
 
 
-def test_ci_runs_on_pushes_and_pull_requests_and_cancels_superseded_runs() -> None:
+def test_ci_runs_on_pushes_pull_requests_and_release_calls_and_cancels_superseded_runs() -> None:
     workflow = load("ci.yaml")
 
-    assert set(triggers(workflow)) == {"push", "pull_request"}
+    assert set(triggers(workflow)) == {"push", "pull_request", "workflow_call"}
     assert workflow["concurrency"]["cancel-in-progress"] is True
     assert "github.ref" in workflow["concurrency"]["group"]
+    # Called from release.yaml, github.workflow is the caller's name: a group built from it would
+    # equal the caller's own group and the two runs would wait on each other.
+    assert "github.workflow" not in workflow["concurrency"]["group"]
+
+
+def test_release_publishes_nothing_before_the_whole_ci_passes() -> None:
+    jobs = load("release.yaml")["jobs"]
+    (checks,) = [job_id for job_id, job in jobs.items() if "uses" in job]
+
+    assert jobs[checks]["uses"] == "./.github/workflows/ci.yaml"
+    assert (WORKFLOWS / "ci.yaml").is_file()
+    publishing = [job_id for job_id, job in jobs.items() if "permissions" in job]
+    assert publishing
+    for job_id in publishing:
+        assert needs_transitively(jobs, job_id) >= {checks}, job_id
+
+
+def needs_transitively(jobs: dict[str, Any], job_id: str) -> set[str]:
+    needs = jobs[job_id].get("needs", [])
+    direct = {needs} if isinstance(needs, str) else set(needs)
+    return direct.union(*(needs_transitively(jobs, need) for need in direct))
 
 
 def test_release_runs_only_for_version_tags() -> None:
@@ -169,3 +193,65 @@ def test_kind_cluster_comes_from_the_repository_config() -> None:
     assert len(kind) == 1
     assert kind[0]["with"]["config"] == "ci/kind-config.yaml"
     assert Path(REPO_ROOT / kind[0]["with"]["config"]).is_file()
+
+
+def _released_name(text: str, workflow: dict[str, Any], owner: str, component: str = "") -> str:
+    """A shell word of release.yaml with its variables as a release of `owner` sets them."""
+    values = {
+        "REGISTRY": workflow["env"]["REGISTRY"],
+        "GITHUB_REPOSITORY_OWNER,,": owner,
+        "owner": owner,
+        "OWNER": owner,
+        "COMPONENT": component,
+    }
+    return re.sub(r"\$\{([A-Za-z_,]+)\}", lambda m: values[m.group(1)], text)
+
+
+def _chart(name: str) -> dict[str, Any]:
+    chart: dict[str, Any] = yaml.safe_load(
+        (REPO_ROOT / "charts" / "gvirtus-kai" / name).read_text()
+    )
+    return chart
+
+
+def _upstream_owner() -> str:
+    return str(_chart("Chart.yaml")["home"]).removeprefix("https://github.com/").split("/")[0]
+
+
+def test_released_images_are_the_images_the_chart_defaults_to() -> None:
+    workflow = load("release.yaml")
+    job = workflow["jobs"]["images"]
+    (naming,) = [s["run"] for s in job["steps"] if "image=" in s.get("run", "")]
+    pattern = re.search(r'image=([^"\s]+)"', naming)
+    assert pattern, naming
+    values = _chart("values.yaml")
+    keys = {
+        "webhook": "webhook",
+        "labeler": "labeler",
+        "device-plugin": "devicePlugin",
+        "controller": "controller",
+    }
+    owner = _upstream_owner()
+    for component in matrix_values(job, "component"):
+        expected = values[keys[component]]["image"]["repository"]
+        assert _released_name(pattern[1], workflow, owner, component) == expected
+
+
+def test_the_packaged_chart_points_at_the_released_images() -> None:
+    workflow = load("release.yaml")
+    (package,) = [s["run"] for _, s in steps(workflow) if "ci/package-chart.sh" in s.get("run", "")]
+    prefix = re.search(r'package-chart\.sh "\$GITHUB_REF_NAME" "([^"]+)"', package)
+    assert prefix, package
+    owner = _upstream_owner()
+    webhook = _chart("values.yaml")["webhook"]["image"]["repository"]
+    # ci/package-chart.sh names each image <prefix>-<component>.
+    assert f"{_released_name(prefix[1], workflow, owner)}-webhook" == webhook
+
+
+def test_the_chart_is_pushed_where_the_readme_installs_it_from() -> None:
+    workflow = load("release.yaml")
+    (push,) = [s["run"] for _, s in steps(workflow) if "helm push" in s.get("run", "")]
+    target = re.search(r'helm push "\$PACKAGE" "([^"]+)"', push)
+    assert target, push
+    chart_ref = f"{_released_name(target[1], workflow, _upstream_owner())}/gvirtus-kai"
+    assert f"helm install gvirtus-kai {chart_ref}" in (REPO_ROOT / "README.md").read_text()
