@@ -255,3 +255,31 @@ def test_the_chart_is_pushed_where_the_readme_installs_it_from() -> None:
     assert target, push
     chart_ref = f"{_released_name(target[1], workflow, _upstream_owner())}/gvirtus-kai"
     assert f"helm install gvirtus-kai {chart_ref}" in (REPO_ROOT / "README.md").read_text()
+
+
+GO_MODULE = "ci/tools/go.mod"
+
+
+@pytest.mark.parametrize("name", all_workflows())
+def test_every_job_that_runs_make_installs_go_from_the_tools_module_first(name: str) -> None:
+    # make builds helm, kubectl and the control plane from ci/tools with the Go toolchain.
+    jobs = load(name)["jobs"]
+    checked = 0
+    for job_id, job in jobs.items():
+        job_steps = job.get("steps", [])
+        make_at = [i for i, step in enumerate(job_steps) if MAKE_CALL.search(step.get("run", ""))]
+        if not make_at:
+            continue
+        checked += 1
+        go_at = [
+            i
+            for i, step in enumerate(job_steps)
+            if step.get("uses", "").startswith("actions/setup-go@")
+        ]
+        assert go_at, job_id
+        assert go_at[0] < make_at[0], job_id
+        settings = job_steps[go_at[0]]["with"]
+        assert settings["go-version-file"] == GO_MODULE
+        assert settings["cache-dependency-path"] == GO_MODULE.replace("go.mod", "go.sum")
+        assert settings.get("cache", True) is True  # modules and build cache between runs
+    assert checked or name == "release.yaml"
