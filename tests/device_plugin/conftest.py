@@ -15,6 +15,10 @@ from gvirtus_kai_device_plugin.plugin import DevicePlugin
 from gvirtus_kai_device_plugin.settings import Settings
 
 from tests.device_plugin.kubelet import WAIT_SECONDS, KubeletEmulator
+from tests.device_plugin.process import PluginProcess, running_plugin, status_within
+
+# The spec's file name for the default CDI kind gvirtus.io/vgpu.
+DEFAULT_SPEC_NAME = "gvirtus.io-vgpu.json"
 
 
 @pytest.fixture
@@ -54,8 +58,8 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 
 @pytest.fixture
-async def kubelet(plugin_dir: Path) -> AsyncIterator[KubeletEmulator]:
-    async with KubeletEmulator(plugin_dir) as emulator:
+async def kubelet(plugin_dir: Path, cdi_dir: Path) -> AsyncIterator[KubeletEmulator]:
+    async with KubeletEmulator(plugin_dir, cdi_spec=cdi_dir / DEFAULT_SPEC_NAME) as emulator:
         yield emulator
 
 
@@ -99,3 +103,20 @@ async def registered_plugin(
     await kubelet.wait_for_registrations(1)
     await kubelet.wait_for_device_lists(1)
     return running
+
+
+@pytest.fixture
+async def plugin_process(
+    kubelet: KubeletEmulator, plugin_dir: Path, cdi_dir: Path
+) -> AsyncIterator[PluginProcess]:
+    async with running_plugin(plugin_dir, cdi_dir) as plugin:
+        await kubelet.wait_for_registrations(1)
+        yield plugin
+
+
+@pytest.fixture
+async def plugin_without_kubelet(plugin_dir: Path, cdi_dir: Path) -> AsyncIterator[PluginProcess]:
+    """The plugin process started before any kubelet, once its health endpoint answers."""
+    async with running_plugin(plugin_dir, cdi_dir) as plugin:
+        await status_within(plugin, "/healthz", 200)
+        yield plugin

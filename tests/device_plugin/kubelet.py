@@ -4,7 +4,9 @@ Like the kubelet's device manager it serves ``Registration`` on ``kubelet.sock``
 directory, checks the API version, records each RegisterRequest, and then dials the endpoint the
 plugin named and calls ``GetDevicePluginOptions`` and ``ListAndWatch``, keeping the stream open
 and recording every device list it receives. ``allocate`` and ``preferred_allocation`` make the
-calls the kubelet makes when a pod is admitted and its containers are created.
+calls the kubelet makes when a pod is admitted and its containers are created. Given the CDI
+spec's path, it records the file as it is when each registration arrives: what a container runtime
+would resolve the CDI names of the next ``Allocate`` against.
 """
 
 from __future__ import annotations
@@ -27,11 +29,14 @@ class Registration:
     request: api_pb2.RegisterRequest
     received_at: float  # time.monotonic()
     options: api_pb2.DevicePluginOptions | None = None  # what the plugin answered when dialled
+    cdi_spec: bytes | None = None  # the spec file's content when Register arrived (None: missing)
 
 
 @dataclass
 class KubeletEmulator:
     plugin_dir: Path
+    # The CDI spec file to read when a registration arrives.
+    cdi_spec: Path | None = None
     # Answer this many Register calls with an error first, as a kubelet does for a bad request.
     refusals: int = 0
     # Accept Register calls but never answer them, like a wedged kubelet.
@@ -93,7 +98,7 @@ class KubeletEmulator:
             await context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT, f"unsupported version {request.version!r}"
             )
-        registration = Registration(request, time.monotonic())
+        registration = Registration(request, time.monotonic(), cdi_spec=self._read_cdi_spec())
         async with self._changed:
             self.registrations.append(registration)
             self._changed.notify_all()
@@ -101,6 +106,14 @@ class KubeletEmulator:
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         return api_pb2.Empty()
+
+    def _read_cdi_spec(self) -> bytes | None:
+        if self.cdi_spec is None:
+            return None
+        try:
+            return self.cdi_spec.read_bytes()
+        except FileNotFoundError:
+            return None
 
     def _channel(self, endpoint: str) -> Any:
         # Own subchannel pool: no connection state shared with the plugin's channels in-process.

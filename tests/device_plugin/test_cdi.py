@@ -7,57 +7,14 @@ import os
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import pytest
 from gvirtus_kai_device_plugin import files
 from gvirtus_kai_device_plugin.plugin import DevicePlugin
 from gvirtus_kai_device_plugin.settings import Settings
 
+from tests.device_plugin.cdispec import load_valid_spec, resolve
 from tests.device_plugin.conftest import RunningPlugin
 from tests.device_plugin.kubelet import KubeletEmulator
-
-# The parts of the CDI specification this plugin uses, with the rules of the container-device-
-# interface library containerd 1.7 bundles: spec versions it knows, kind and device name syntax,
-# unknown fields rejected. Only environment edits are allowed here: no device nodes, by design.
-CDI_SCHEMA: dict[str, Any] = {
-    "type": "object",
-    "required": ["cdiVersion", "kind", "devices"],
-    "additionalProperties": False,
-    "properties": {
-        "cdiVersion": {"enum": ["0.3.0", "0.4.0", "0.5.0"]},
-        "kind": {
-            "type": "string",
-            "pattern": r"^[A-Za-z][-A-Za-z0-9_.]*[A-Za-z0-9]/[A-Za-z][-A-Za-z0-9_]*[A-Za-z0-9]$",
-        },
-        "devices": {
-            "type": "array",
-            "minItems": 1,
-            "items": {
-                "type": "object",
-                "required": ["name", "containerEdits"],
-                "additionalProperties": False,
-                "properties": {
-                    "name": {
-                        "type": "string",
-                        "pattern": r"^[A-Za-z0-9]([-A-Za-z0-9_.:]*[A-Za-z0-9])?$",
-                    },
-                    "containerEdits": {
-                        "type": "object",
-                        "required": ["env"],
-                        "additionalProperties": False,
-                        "properties": {
-                            "env": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": {"type": "string", "pattern": r"^[A-Za-z_][A-Za-z0-9_]*="},
-                            }
-                        },
-                    },
-                },
-            },
-        },
-    },
-}
 
 
 def read_spec(settings: Settings) -> dict[str, Any]:
@@ -66,7 +23,7 @@ def read_spec(settings: Settings) -> dict[str, Any]:
 
 
 def test_cdi_spec_is_valid(registered_plugin: RunningPlugin, settings: Settings) -> None:
-    jsonschema.validate(read_spec(settings), CDI_SCHEMA)
+    assert load_valid_spec(settings.cdi_spec_path)["kind"] == "gvirtus.io/vgpu"
 
 
 def test_cdi_spec_describes_every_advertised_device(
@@ -80,15 +37,8 @@ async def test_cdi_names_from_allocate_resolve_to_spec_devices_naming_the_same_s
     registered_plugin: RunningPlugin, kubelet: KubeletEmulator, settings: Settings
 ) -> None:
     response = await kubelet.allocate(["gvirtus-vgpu-3", "gvirtus-vgpu-1"])
-    spec = read_spec(settings)
-    env_by_device = {device["name"]: device["containerEdits"]["env"] for device in spec["devices"]}
-    resolved = {}
-    for cdi_device in response.container_responses[0].cdi_devices:
-        # Resolve the qualified name as a runtime does: <kind>=<device name in that kind's spec>.
-        kind, _, name = cdi_device.name.partition("=")
-        assert kind == spec["kind"]
-        resolved[name] = env_by_device[name]
-    assert resolved == {
+    names = [device.name for device in response.container_responses[0].cdi_devices]
+    assert resolve(settings.cdi_spec_path, names) == {
         "gvirtus-vgpu-1": ["GVIRTUS_VGPU_SLOT_1=gvirtus-vgpu-1"],
         "gvirtus-vgpu-3": ["GVIRTUS_VGPU_SLOT_3=gvirtus-vgpu-3"],
     }
@@ -96,7 +46,7 @@ async def test_cdi_names_from_allocate_resolve_to_spec_devices_naming_the_same_s
 
 def test_spec_uses_the_configured_kind_and_file_name(make_settings: Any) -> None:
     settings = make_settings(cdi_kind="example.com/gpu")
-    DevicePlugin(settings).write_cdi_spec()
+    DevicePlugin(settings).cdi_spec.ensure()
     assert (settings.cdi_spec_path.name, read_spec(settings)["kind"]) == (
         "example.com-gpu.json",
         "example.com/gpu",

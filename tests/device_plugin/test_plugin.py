@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import time
 from collections.abc import Callable
@@ -239,12 +238,11 @@ async def test_stop_cuts_short_a_registration_the_kubelet_never_answers(
         assert (running.task.done(), settings.socket_path.exists()) == (True, False)
 
 
-async def test_clean_stop_removes_socket_and_cdi_spec(
+async def test_clean_stop_removes_the_socket(
     registered_plugin: RunningPlugin, settings: Settings
 ) -> None:
-    assert settings.cdi_spec_path.exists()
     await registered_plugin.stop()
-    assert (settings.socket_path.exists(), settings.cdi_spec_path.exists()) == (False, False)
+    assert not settings.socket_path.exists()
 
 
 def sample(plugin: DevicePlugin, name: str) -> float | None:
@@ -273,10 +271,3 @@ async def test_registered_gauge_drops_to_0_while_kubelet_sock_is_gone(
             break
         await asyncio.sleep(0.05)
     assert (sample(plugin, "gvirtus_device_plugin_registered"), plugin.registered) == (0, False)
-
-
-def test_cdi_spec_is_json_on_disk_before_registration(settings: Settings) -> None:
-    from gvirtus_kai_device_plugin.plugin import DevicePlugin
-
-    DevicePlugin(settings).write_cdi_spec()
-    assert json.loads(settings.cdi_spec_path.read_text())["kind"] == "gvirtus.io/vgpu"

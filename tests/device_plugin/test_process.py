@@ -5,98 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-import os
 import signal
-import socket
-import sys
 import time
-from collections.abc import AsyncIterator
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
-import pytest
 
 from tests.device_plugin.kubelet import WAIT_SECONDS, KubeletEmulator
+from tests.device_plugin.process import PluginProcess, status_within
 
-COMMAND = str(Path(sys.executable).parent / "gvirtus-device-plugin")
 # The issue's bound for SIGTERM to process exit.
 EXIT_SECONDS = 1.0
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-@dataclass
-class PluginProcess:
-    process: asyncio.subprocess.Process
-    health_url: str
-    socket: Path
-    cdi_spec: Path
-
-    async def stderr_lines(self) -> list[str]:
-        assert self.process.stderr is not None
-        return (await self.process.stderr.read()).decode().splitlines()
-
-
-@contextlib.asynccontextmanager
-async def running_plugin(plugin_dir: Path, cdi_dir: Path) -> AsyncIterator[PluginProcess]:
-    """The plugin process, killed on exit if it is still running."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
-    env.update(
-        GVIRTUS_KAI_PLUGIN_DIR=str(plugin_dir),
-        GVIRTUS_KAI_CDI_DIR=str(cdi_dir),
-        GVIRTUS_KAI_DEVICE_COUNT="2",
-        GVIRTUS_KAI_HEALTH_HOST="127.0.0.1",
-        GVIRTUS_KAI_HEALTH_PORT=str(port),
-    )
-    process = await asyncio.create_subprocess_exec(COMMAND, env=env, stderr=asyncio.subprocess.PIPE)
-    try:
-        yield PluginProcess(
-            process,
-            f"http://127.0.0.1:{port}",
-            plugin_dir / "gvirtus-nvidia.com-gpu.sock",
-            cdi_dir / "gvirtus.io-vgpu.json",
-        )
-    finally:
-        if process.returncode is None:
-            process.kill()
-            await process.wait()
-
-
-@pytest.fixture
-async def plugin_process(
-    kubelet: KubeletEmulator, plugin_dir: Path, cdi_dir: Path
-) -> AsyncIterator[PluginProcess]:
-    async with running_plugin(plugin_dir, cdi_dir) as plugin:
-        await kubelet.wait_for_registrations(1)
-        yield plugin
-
-
-@pytest.fixture
-async def plugin_without_kubelet(plugin_dir: Path, cdi_dir: Path) -> AsyncIterator[PluginProcess]:
-    """The plugin process started before any kubelet, once its health endpoint answers."""
-    async with running_plugin(plugin_dir, cdi_dir) as plugin:
-        await status_within(plugin, "/healthz", 200)
-        yield plugin
-
-
-async def status_within(plugin: PluginProcess, path: str, expected: int) -> int | str:
-    """GET ``path`` until it answers ``expected`` or WAIT_SECONDS pass; the last answer."""
-    deadline = time.monotonic() + WAIT_SECONDS
-    async with httpx.AsyncClient(timeout=WAIT_SECONDS) as client:
-        while True:
-            try:
-                answer: int | str = (await client.get(plugin.health_url + path)).status_code
-            except httpx.TransportError as error:
-                answer = type(error).__name__
-            if answer == expected or time.monotonic() > deadline:
-                return answer
-            await asyncio.sleep(0.05)
 
 
 async def test_process_registers_and_reports_healthy(plugin_process: PluginProcess) -> None:
@@ -164,11 +83,11 @@ async def test_sigterm_exits_zero_within_a_second(plugin_process: PluginProcess)
     assert (code, time.monotonic() - started < EXIT_SECONDS) == (0, True)
 
 
-async def test_sigterm_removes_socket_and_cdi_spec(plugin_process: PluginProcess) -> None:
-    assert (plugin_process.socket.is_socket(), plugin_process.cdi_spec.is_file()) == (True, True)
+async def test_sigterm_removes_the_socket(plugin_process: PluginProcess) -> None:
+    assert plugin_process.socket.is_socket()
     plugin_process.process.send_signal(signal.SIGTERM)
     await asyncio.wait_for(plugin_process.process.wait(), WAIT_SECONDS)
-    assert (plugin_process.socket.exists(), plugin_process.cdi_spec.exists()) == (False, False)
+    assert not plugin_process.socket.exists()
 
 
 async def test_logs_are_json_lines(plugin_process: PluginProcess) -> None:

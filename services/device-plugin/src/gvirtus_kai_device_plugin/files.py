@@ -12,18 +12,26 @@ from typing import Any
 
 log = logging.getLogger(__name__)
 
+# Readable by the container runtime, writable by us only.
+PUBLIC_FILE_MODE = 0o644
+
+
+def json_bytes(document: dict[str, Any]) -> bytes:
+    """The exact bytes ``write_atomically`` writes for ``document`` (stable: keys sorted)."""
+    return (json.dumps(document, indent=2, sort_keys=True) + "\n").encode()
+
 
 def write_atomically(path: Path, document: dict[str, Any]) -> None:
     """Write JSON via a temp file in the same directory and a rename, so a runtime scanning the
     directory sees either the old file or the complete new one, never a partial write."""
+    content = json_bytes(document)
     fd, temp_name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(document, handle, indent=2, sort_keys=True)
-            handle.write("\n")
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(content)
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(temp_name, 0o644)  # readable by the container runtime
+        os.chmod(temp_name, PUBLIC_FILE_MODE)
         os.replace(temp_name, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

@@ -75,7 +75,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     try:
         asyncio.run(serve(settings))
     except Exception:
-        # E.g. the CDI dir turned read-only after the start-up check: say so as a JSON line.
+        # Whatever stopped it unexpectedly is said as a JSON line, not a bare traceback.
         log.exception("device plugin failed")
         sys.exit(1)
 

@@ -9,6 +9,7 @@ the delay between a new ``kubelet.sock`` and our registration to about 100 ms pl
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
 from pathlib import Path
@@ -18,7 +19,7 @@ import grpc
 from gvirtus_kai_common.backoff import Backoff
 from prometheus_client import CollectorRegistry
 
-from gvirtus_kai_device_plugin import devices, files
+from gvirtus_kai_device_plugin import cdi, devices, files
 from gvirtus_kai_device_plugin.api import API_VERSION, api_pb2, api_pb2_grpc
 from gvirtus_kai_device_plugin.service import DevicePluginService, DeviceState, Metrics
 from gvirtus_kai_device_plugin.settings import Settings
@@ -51,12 +52,24 @@ def identity(path: Path) -> FileIdentity | None:
 
 
 class DevicePlugin:
-    def __init__(self, settings: Settings, registry: CollectorRegistry | None = None) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        registry: CollectorRegistry | None = None,
+        *,
+        cdi_check_seconds: float = cdi.CHECK_SECONDS,
+    ) -> None:
         self.settings = settings
         self.state = DeviceState(devices.device_ids(settings.device_count))
         self.registry = registry if registry is not None else CollectorRegistry()
         self.metrics = Metrics(self.registry)
         self.metrics.devices.set(settings.device_count)
+        self.cdi_spec = cdi.CdiSpecFile(
+            settings.cdi_spec_path,
+            devices.cdi_spec(settings.cdi_kind, self.state.ids),
+            self.metrics.cdi_spec_repairs,
+        )
+        self._cdi_check_seconds = cdi_check_seconds
         self.running = False
         # True while the kubelet holds our registration: what /readyz reports.
         self.registered = False
@@ -65,23 +78,22 @@ class DevicePlugin:
         self._backoff = Backoff(initial=0.2, maximum=10.0)
 
     async def run(self) -> None:
-        """Serve and stay registered until cancelled; then remove our socket and CDI spec."""
+        """Serve and stay registered until cancelled; then remove our socket.
+
+        The CDI spec is kept on disk all along, and left there at the end (see ``cdi``)."""
         self.running = True
+        keeper = asyncio.create_task(self.cdi_spec.keep(self._cdi_check_seconds))
         try:
-            self.write_cdi_spec()
             while True:
                 await self._serve_and_register_once()
         finally:
+            keeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await keeper
             self.running = False
             self._set_registered(False)
             await self._stop_server()
-            files.remove_quietly(self.settings.cdi_spec_path)
-            log.info("stopped; socket and CDI spec removed")
-
-    def write_cdi_spec(self) -> None:
-        spec = devices.cdi_spec(self.settings.cdi_kind, self.state.ids)
-        files.write_atomically(self.settings.cdi_spec_path, spec)
-        log.info("CDI spec written", extra={"path": str(self.settings.cdi_spec_path)})
+            log.info("stopped; socket removed, CDI spec kept for the pods holding our devices")
 
     async def _serve_and_register_once(self) -> None:
         """One incarnation: fresh server and socket, registration, watch until it must restart."""
@@ -147,10 +159,12 @@ class DevicePlugin:
                 return None
             attempted_with = identity(kubelet_socket)
             try:
+                # Before the kubelet may allocate: the runtime resolves Allocate's CDI names in it.
+                self.cdi_spec.ensure()
                 async with _channel(kubelet_socket) as channel:
                     stub = api_pb2_grpc.RegistrationStub(channel)
                     await stub.Register(self._register_request(), timeout=RPC_TIMEOUT_SECONDS)
-            except grpc.aio.AioRpcError as error:
+            except (OSError, grpc.aio.AioRpcError) as error:
                 self.metrics.registration_failures.inc()
                 delay = self._backoff.next_delay()
                 log.warning(

@@ -41,6 +41,11 @@ class Metrics:
         self.devices = Gauge(
             "gvirtus_device_plugin_devices", "Virtual devices advertised", registry=registry
         )
+        self.cdi_spec_repairs = Counter(
+            "gvirtus_device_plugin_cdi_spec_repairs",
+            "Times the CDI spec was written again because it went missing or was changed",
+            registry=registry,
+        )
 
 
 class DeviceState:
