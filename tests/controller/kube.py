@@ -117,16 +117,13 @@ def backend_slice(
 
 
 async def backend_of(client: AsyncClient, scene: Scene, name: str) -> str | None:
-    """The pod's backend annotation once its gate is gone; None while it waits."""
+    """The pod's backend annotation once its gate is gone; None while it is gated."""
     pod = await client.get(Pod, name, namespace=scene.apps)
     assert pod.metadata is not None
     assert pod.spec is not None
     gates = [gate.name for gate in pod.spec.schedulingGates or []]
     address = (pod.metadata.annotations or {}).get(BACKEND_ANNOTATION)
-    if BACKEND_GATE in gates:
-        assert address is None, "the annotation and the gate removal must come in one write"
-        return None
-    return address
+    return None if BACKEND_GATE in gates else address
 
 
 async def events_of(client: AsyncClient, scene: Scene, pod: str) -> list[Event]:

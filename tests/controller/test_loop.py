@@ -6,7 +6,12 @@ import asyncio
 import json
 from collections import Counter
 
-from gvirtus_kai_common.gvirtus import BACKEND_ANNOTATION, PROPERTIES_ANNOTATION, properties_json
+from gvirtus_kai_common.gvirtus import (
+    BACKEND_ANNOTATION,
+    BACKEND_GATE,
+    PROPERTIES_ANNOTATION,
+    properties_json,
+)
 from lightkube import AsyncClient
 from lightkube.models.meta_v1 import LabelSelector, ObjectMeta
 from lightkube.models.policy_v1 import PodDisruptionBudgetSpec
@@ -68,9 +73,29 @@ async def test_the_assignment_writes_both_annotations_and_removes_only_its_gate(
 ) -> None:
     await client.create(backend_slice(scene, "s1", [Ready("10.1.0.7")]))
     await start_controller()
-    await client.create(gated_pod(scene, "p", gates=["example.com/first", "gvirtus.io/backend"]))
+    seen: list[tuple[bool, bool]] = []  # (gated, annotated) of every version of the pod
+
+    async def record_versions() -> None:
+        async for _, version in client.watch(Pod, namespace=scene.apps):
+            assert version.metadata is not None
+            assert version.spec is not None
+            gates = [gate.name for gate in version.spec.schedulingGates or []]
+            annotated = BACKEND_ANNOTATION in (version.metadata.annotations or {})
+            seen.append((BACKEND_GATE in gates, annotated))
+
+    recorder = asyncio.create_task(record_versions())
+    await client.create(gated_pod(scene, "p", gates=["example.com/first", BACKEND_GATE]))
 
     await assigned(client, scene, "p")
+
+    async def released_version_seen() -> bool:
+        return (False, True) in seen
+
+    await eventually(released_version_seen, "the released version in the watch")
+    recorder.cancel()
+    # Every version was either waiting without an address or released with one: one write.
+    assert seen[0] == (True, False)
+    assert set(seen) == {(True, False), (False, True)}
     pod = await client.get(Pod, "p", namespace=scene.apps)
     assert pod.metadata is not None
     assert pod.spec is not None
@@ -404,3 +429,20 @@ async def test_a_refused_assignment_is_reported_and_retried_until_it_applies(
         patch_type=PatchType.MERGE,
     )
     assert await assigned(client, scene, "crowded") == "10.1.11.1:9999"
+
+
+async def test_a_gated_copy_of_an_assigned_pod_gets_a_backend_of_its_own(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.13.1"), Ready("10.1.13.2")]))
+    await start_controller()
+    await client.create(gated_pod(scene, "original"))
+    first = await assigned(client, scene, "original")
+    original = await client.get(Pod, "original", namespace=scene.apps)
+    assert original.metadata is not None
+
+    copied = dict(original.metadata.annotations or {})
+    await client.create(gated_pod(scene, "copy", annotations=copied))
+
+    second = await assigned(client, scene, "copy")
+    assert {first, second} == {"10.1.13.1:9999", "10.1.13.2:9999"}

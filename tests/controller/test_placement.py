@@ -242,6 +242,15 @@ def test_a_pod_recreated_under_the_same_name_waits_as_a_new_pod() -> None:
     assert [a.pod.uid for a in state.assign()] == ["uid-2"]
 
 
+def test_a_gated_pod_carrying_a_backend_annotation_waits_and_does_not_count() -> None:
+    # A copy of an assigned pod (kubectl debug --copy-to, an exported manifest) is gated again
+    # by the webhook: its copied address holds no connection, so it gets a backend of its own.
+    state = placement(backend("10.0.0.1"), backend("10.0.0.2"))
+    state.upsert_pod(gated("copy", backend="10.0.0.1:9999"), NOW)
+    assert state.load("10.0.0.1:9999") == 0
+    assert assigned(state) == {"copy": "10.0.0.1:9999"}
+
+
 def test_pods_without_the_gate_are_counted_but_never_assigned() -> None:
     state = placement(backend("10.0.0.1"))
     state.upsert_pod(PodInfo("apps", "ungated", "u1", 0.0), NOW)

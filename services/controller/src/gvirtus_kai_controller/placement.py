@@ -218,10 +218,10 @@ class Placement:
     def upsert_pod(self, info: PodInfo, now: float) -> None:
         """Record a pod as last seen (watch event, list, or the answer to our patch)."""
         old = self._pods.get(info.key)
-        if old is not None and old.uid == info.uid and info.backend is None and old.backend:
-            # Once a pod of this uid is known assigned, an older copy of it (a watch event
-            # delivered after our patch's answer) must not make it wait again.
-            info = replace(info, backend=old.backend)
+        if old is not None and old.uid == info.uid and info.gated and not old.gated:
+            # Gates are never added back: a gated copy of a pod already seen released is an
+            # older version (a watch event delivered after our patch's answer), not news.
+            info = replace(info, gated=False, backend=old.backend)
         self._pods[info.key] = info
         self._place(info, now)
 
@@ -253,12 +253,14 @@ class Placement:
         if in_flight is not None and in_flight.pod.uid != info.uid:
             # The pod was deleted and created again under the same name: the patch will fail.
             in_flight = None
+        # A pod still gated never ran, so an annotation it carries (say, copied from another
+        # pod) holds no connection: it counts only once assigned here.
         address: str | None = None
         if info.live:
-            if info.backend is not None:
-                address = info.backend
-            elif in_flight is not None:
+            if in_flight is not None:
                 address = in_flight.backend.address
+            elif not info.gated:
+                address = info.backend
         self._count(key, address)
         if address is None:
             self._unmark_lost(key)
@@ -266,7 +268,7 @@ class Placement:
             self._mark_lost(key, address, now)
         else:
             self._unmark_lost(key)
-        if info.live and info.gated and info.backend is None and in_flight is None:
+        if info.live and info.gated and in_flight is None:
             if self._waiting.get(key) != info:
                 self._waiting[key] = info
                 heapq.heappush(self._queue, _queue_entry(info))
