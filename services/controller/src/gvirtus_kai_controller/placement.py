@@ -16,6 +16,7 @@ import ipaddress
 import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
+from functools import cached_property
 from typing import Any, Literal
 
 Policy = Literal["leastPods", "random", "sameZone"]
@@ -36,7 +37,7 @@ class Backend:
     def address(self) -> str:
         return f"{self.ip}:{self.port}"
 
-    @property
+    @cached_property
     def sort_key(self) -> tuple[int, int]:
         """Numeric IP, then port: the stable tie-break between equally loaded backends."""
         return int(ipaddress.IPv4Address(self.ip)), self.port
