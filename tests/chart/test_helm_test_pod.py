@@ -16,7 +16,7 @@ from typing import Any
 import pytest
 import trustme
 
-from tests.chart.conftest import CHART, NAMESPACE, container, pod_spec, render
+from tests.chart.conftest import CHART, NAMESPACE, container, env_of, pod_spec, render
 
 SCRIPT = CHART / "files" / "webhook-check.py"
 
@@ -34,6 +34,31 @@ def test_test_pod_is_a_helm_test_hook_running_the_check_script() -> None:
         "--ca-file",
         "/ca/ca.crt",
     ]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "dns_placement"),
+    [
+        (None, False),
+        ("controller-disabled-values.yaml", True),
+        ("sed-strategy-values.yaml", True),  # sed pods are pinned at admission even with it
+    ],
+)
+def test_test_pod_accepts_a_no_backend_refusal_only_where_pods_are_pinned_by_dns(
+    scenario: str | None, dns_placement: bool
+) -> None:
+    manifests = render(scenario)
+    command = container(manifests.one("Pod", "helm-test"))["command"]
+    if not dns_placement:
+        assert "--dns-placement" not in command
+        return
+    backend_host = env_of(manifests.one("Deployment", "webhook"))["GVIRTUS_KAI_BACKEND_HOST"]
+    flag = command.index("--dns-placement")
+    assert (
+        command[flag + 1]
+        == backend_host
+        == f"gvirtus-backend-headless.{NAMESPACE}.svc.cluster.local"
+    )
 
 
 def test_test_pod_trusts_the_ca_from_the_webhook_tls_secret() -> None:
@@ -118,7 +143,7 @@ def _mutating(review: dict[str, Any]) -> dict[str, Any]:
 
 
 def _run_check(
-    server: ThreadingHTTPServer, ca_pem: bytes, tmp: Path
+    server: ThreadingHTTPServer, ca_pem: bytes, tmp: Path, *extra: str
 ) -> subprocess.CompletedProcess[str]:
     (tmp / "ca.crt").write_bytes(ca_pem)
     url = f"https://localhost:{server.server_address[1]}/mutate"
@@ -131,6 +156,7 @@ def _run_check(
             "nvidia.com/gpu",
             "--ca-file",
             str(tmp / "ca.crt"),
+            *extra,
         ],
         capture_output=True,
         text=True,
@@ -177,6 +203,41 @@ def test_check_fails_when_the_pod_is_denied(
     result = _run_check(webhook, ca.cert_pem.bytes(), tmp_path)
     assert result.returncode == 1
     assert "backend lookup failed" in result.stderr
+
+
+HEADLESS = "gvirtus-backend-headless.gvirtus-system.svc.cluster.local"
+
+
+def _refusing(message: str) -> Any:
+    return lambda review: _response(review, allowed=False, status={"code": 403, "message": message})
+
+
+def test_check_passes_a_refusal_naming_the_backend_service_under_dns_placement(
+    webhook: ThreadingHTTPServer, ca: trustme.CA, tmp_path: Path
+) -> None:
+    webhook.answer = _refusing(f"no ready GVirtuS backend behind {HEADLESS}")  # type: ignore[attr-defined]
+    result = _run_check(webhook, ca.cert_pem.bytes(), tmp_path, "--dns-placement", HEADLESS)
+    assert result.returncode == 0, result.stderr
+    assert f"no backend behind {HEADLESS} yet" in result.stdout
+
+
+def test_check_fails_a_refusal_for_another_reason_under_dns_placement(
+    webhook: ThreadingHTTPServer, ca: trustme.CA, tmp_path: Path
+) -> None:
+    webhook.answer = _refusing("container 'app' has no explicit command")  # type: ignore[attr-defined]
+    result = _run_check(webhook, ca.cert_pem.bytes(), tmp_path, "--dns-placement", HEADLESS)
+    assert result.returncode == 1
+    assert "no explicit command" in result.stderr
+
+
+def test_check_fails_a_refusal_naming_the_backend_without_dns_placement(
+    webhook: ThreadingHTTPServer, ca: trustme.CA, tmp_path: Path
+) -> None:
+    # With the controller, the pod is gated and never looked up: a refusal is a fault.
+    webhook.answer = _refusing(f"no ready GVirtuS backend behind {HEADLESS}")  # type: ignore[attr-defined]
+    result = _run_check(webhook, ca.cert_pem.bytes(), tmp_path)
+    assert result.returncode == 1
+    assert HEADLESS in result.stderr
 
 
 def test_check_fails_when_the_answer_does_not_echo_the_uid(

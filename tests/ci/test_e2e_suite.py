@@ -37,6 +37,7 @@ from tests.e2e.objects import (
     expected_frontend_labels,
     frontend_endpoint,
     pick_probe_node,
+    scheduling_gates,
     virtual_gpu_nodes,
     volume_projecting_annotation,
 )
@@ -247,3 +248,11 @@ def test_e2e_reports_a_pod_the_webhook_did_not_touch() -> None:
 
     with pytest.raises(AssertionError, match=r"no gvirtus\.io/properties annotation"):
         frontend_endpoint(pod)
+
+
+def test_e2e_reads_the_scheduling_gates_of_a_pod() -> None:
+    pod = application_pod("apps", enable_label=None, gpu_resource=GPU, node_selector={}, name="p")
+    assert pod["metadata"]["name"] == "p"
+    assert scheduling_gates(pod) == []
+    pod["spec"]["schedulingGates"] = [{"name": "example.com/other"}, {"name": "gvirtus.io/backend"}]
+    assert scheduling_gates(pod) == ["example.com/other", "gvirtus.io/backend"]

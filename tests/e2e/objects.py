@@ -64,10 +64,15 @@ def allocatable(node: Object, resource: str) -> str | None:
 
 
 def application_pod(
-    namespace: str, *, enable_label: str | None, gpu_resource: str, node_selector: dict[str, str]
+    namespace: str,
+    *,
+    enable_label: str | None,
+    gpu_resource: str,
+    node_selector: dict[str, str],
+    name: str = "gvirtus-e2e-app",
 ) -> Object:
     """A one-container GPU pod; labelled for GVirtuS when `enable_label` is given."""
-    metadata: Object = {"name": "gvirtus-e2e-app", "namespace": namespace}
+    metadata: Object = {"name": name, "namespace": namespace}
     if enable_label is not None:
         metadata["labels"] = {enable_label: "true"}
     return {
@@ -86,6 +91,10 @@ def application_pod(
             ],
         },
     }
+
+
+def scheduling_gates(pod: Object) -> list[str]:
+    return [gate["name"] for gate in pod["spec"].get("schedulingGates") or []]
 
 
 def frontend_endpoint(pod: Object) -> dict[str, str]:

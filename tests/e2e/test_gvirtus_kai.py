@@ -30,9 +30,9 @@ from tests.e2e.objects import (
     container,
     env_value,
     expected_frontend_labels,
-    frontend_endpoint,
     labels,
     nodes_by_name,
+    scheduling_gates,
     virtual_gpu_nodes,
     volume_projecting_annotation,
 )
@@ -41,6 +41,8 @@ _SKIP = skip_reason(os.environ)
 pytestmark = [pytest.mark.e2e, pytest.mark.skipif(_SKIP is not None, reason=_SKIP or "")]
 
 OWN_NODE_SELECTOR = {"kubernetes.io/os": "linux"}
+# The placement contract: the webhook gates a pod, the controller pins it and removes the gate.
+BACKEND_GATE = "gvirtus.io/backend"
 
 
 def node_labels(kubectl: Cli) -> dict[str, dict[str, str]]:
@@ -74,17 +76,6 @@ def dry_run_create(kubectl: Cli, pod: dict[str, Any], e2e_config: E2EConfig) -> 
     )
     assert isinstance(result, dict)
     return result
-
-
-@pytest.fixture(scope="module")
-def backend_cluster_ips(kubectl: Cli, release: Release) -> list[str]:
-    services = kubectl.json(
-        "get", "services", "--namespace", release.namespace,
-        "--selector", f"{release.selector},app.kubernetes.io/component=backend",
-    )["items"]  # fmt: skip
-    assert len(services) == 1, f"expected one backend Service, found {len(services)}"
-    ips: list[str] = services[0]["spec"]["clusterIPs"]
-    return ips
 
 
 @pytest.fixture(scope="module")
@@ -151,7 +142,7 @@ def test_device_plugin_advertises_the_virtual_gpus_on_gpu_less_frontend_nodes(
     probe_node: ProbeNode,
     release: Release,
 ) -> None:
-    resource = release.values["devicePlugin"]["resourceName"] or release.values["gpuResource"]
+    resource = release.values["gpuResource"]
     count = str(release.values["devicePlugin"]["deviceCount"])
 
     def advertised() -> dict[str, str | None]:
@@ -171,13 +162,49 @@ def test_device_plugin_advertises_the_virtual_gpus_on_gpu_less_frontend_nodes(
     assert observed[probe_node.name] == count
 
 
-def test_webhook_points_the_frontend_at_the_backend_service_cluster_ip(
-    mutated_pod: dict[str, Any], backend_cluster_ips: list[str], release: Release
+def test_webhook_gates_the_pod_for_the_controller_and_writes_no_address(
+    mutated_pod: dict[str, Any],
 ) -> None:
-    endpoint = frontend_endpoint(mutated_pod)
+    annotations = mutated_pod["metadata"].get("annotations") or {}
 
-    assert endpoint["server_address"] in backend_cluster_ips
-    assert endpoint["port"] == str(release.values["backend"]["service"]["port"])
+    assert BACKEND_GATE in scheduling_gates(mutated_pod)
+    assert BACKEND_GATE not in annotations  # the controller writes the backend later
+
+
+def test_a_gated_pod_waits_and_says_why_while_no_backend_is_ready(
+    kubectl: Cli, e2e_config: E2EConfig, release: Release, apps_namespace: str
+) -> None:
+    # The e2e cluster has no GPU node opted in as a backend, so the pod must wait, visibly.
+    name = "gvirtus-e2e-waiting"
+    pod = application_pod(
+        apps_namespace,
+        enable_label=release.values["enableLabel"],
+        gpu_resource=release.values["gpuResource"],
+        node_selector=OWN_NODE_SELECTOR,
+        name=name,
+    )
+    kubectl.run("create", "-f", "-", stdin=json.dumps(pod))
+    try:
+        events = wait_until(
+            lambda: kubectl.json(
+                "get",
+                "events",
+                "--namespace",
+                apps_namespace,
+                "--field-selector",
+                f"involvedObject.name={name},reason=WaitingForBackend",
+            )["items"],
+            bool,
+            what=f"the controller's WaitingForBackend Event on pod {name}",
+            timeout=e2e_config.timeout_seconds,
+        )
+        current = kubectl.json("get", "pod", name, "--namespace", apps_namespace)
+
+        assert "no ready GVirtuS backend" in events[0]["message"]
+        assert BACKEND_GATE in scheduling_gates(current)
+        assert not current["spec"].get("nodeName")
+    finally:
+        kubectl.run("delete", "pod", name, "--namespace", apps_namespace, "--wait=false")
 
 
 def test_webhook_mounts_the_frontend_config_and_points_gvirtus_config_at_it(

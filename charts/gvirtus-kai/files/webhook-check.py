@@ -2,7 +2,10 @@
 
 Runs in the webhook image with the Python standard library only.
 Usage: webhook-check.py URL ENABLE_LABEL GPU_RESOURCE (--ca-file PATH | --ca-b64 BASE64)
-The URL host must be a name in the serving certificate, as the API server uses it.
+                        [--dns-placement BACKEND_HOST]
+The URL host must be a name in the serving certificate, as the API server uses it. When the release
+pins this pod at admission from the DNS records of BACKEND_HOST, a cluster without a ready backend
+makes the webhook refuse the pod naming that Service: with --dns-placement that refusal passes too.
 """
 
 import argparse
@@ -74,6 +77,10 @@ def check(args: argparse.Namespace) -> str:
     if response.get("uid") != uid:
         return f"response uid {response.get('uid')!r} does not echo request uid {uid!r}"
     if response.get("allowed") is not True:
+        message = str((response.get("status") or {}).get("message", ""))
+        if args.dns_placement and args.dns_placement in message:
+            print(f"webhook refused the pod, no backend behind {args.dns_placement} yet: {message}")
+            return ""
         return f"pod not allowed: {response.get('status')}"
     if response.get("patchType") != "JSONPatch" or not response.get("patch"):
         return "allowed but no JSONPatch: the webhook did not mutate the pod"
@@ -94,6 +101,7 @@ def main(argv: list[str] | None = None) -> int:
     ca = parser.add_mutually_exclusive_group(required=True)
     ca.add_argument("--ca-file")
     ca.add_argument("--ca-b64")
+    parser.add_argument("--dns-placement", metavar="BACKEND_HOST")
     parser.add_argument("--timeout", type=float, default=10.0)
     args = parser.parse_args(argv)
     try:
