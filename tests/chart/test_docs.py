@@ -7,6 +7,7 @@ rendered, so a change to the chart that the docs do not follow fails here.
 
 from __future__ import annotations
 
+import importlib
 import re
 from pathlib import Path
 from typing import Any
@@ -125,6 +126,22 @@ def test_every_setting_the_chart_passes_is_in_the_services_settings_table(comman
         name for name in env_of(workload) if f"`{name.removeprefix('GVIRTUS_KAI_')}`" not in section
     ]
     assert not undocumented
+
+
+SETTINGS_MODULES = {
+    "gvirtus-webhook": "gvirtus_kai_webhook.settings",
+    "gvirtus-controller": "gvirtus_kai_controller.settings",
+    "gvirtus-labeler": "gvirtus_kai_labeler.settings",
+    "gvirtus-device-plugin": "gvirtus_kai_device_plugin.settings",
+}
+
+
+@pytest.mark.parametrize("command", sorted(SETTINGS_MODULES))
+def test_every_setting_of_every_service_is_documented(command: str) -> None:
+    settings = importlib.import_module(SETTINGS_MODULES[command]).Settings
+    section = _service_section(command)
+    undocumented = [name for name in settings.model_fields if f"`{name.upper()}`" not in section]
+    assert not undocumented, f"add them to the {command} table of docs/configuration.md"
 
 
 LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")
