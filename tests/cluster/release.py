@@ -1,0 +1,261 @@
+"""The gvirtus-kai chart installed with the real ``helm`` into the test cluster, and our services
+run as local processes with the settings the chart rendered.
+
+How the API server reaches the local webhook process: kube-apiserver runs with
+``--enable-aggregator-routing=true``, so it calls a webhook at one of its Service's endpoints
+(a pod IP and the container port) instead of the ClusterIP. The chart is installed with
+``webhook.containerPort`` set to a free port of this machine; the webhook pod the Deployment
+creates is marked Running and Ready with this machine's non-loopback IPv4 address as its pod IP
+(endpoint validation refuses loopback), so the endpointslice controller publishes
+``<local IP>:<port>``; and ``gvirtus-webhook`` listens on that port with the TLS Secret the chart
+created, read back from the API. The API server verifies the certificate for
+``<service>.<namespace>.svc`` against the chart's caBundle, as in a real cluster.
+
+The webhook's backend lookup goes to the loopback DNS server of ``Cluster.dns``, which answers
+the backend Service's name as the cluster DNS would (``Cluster.publish_service``).
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import socket
+import ssl
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+from lightkube import ApiError
+from lightkube.models.core_v1 import Container, PodSpec
+from lightkube.models.meta_v1 import ObjectMeta
+from lightkube.resources.admissionregistration_v1 import MutatingWebhookConfiguration
+from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.core_v1 import Namespace, Pod, Secret, ServiceAccount
+
+from tests.cluster.controlplane import ROOT
+from tests.cluster.kube import WAIT, Cluster, wait_until
+from tests.tlsfiles import SecretVolume
+from tests.webhookproc import WebhookProcess, start_webhook
+
+CHART = ROOT / "charts" / "gvirtus-kai"
+RELEASE = "gvirtus-kai"
+NAMESPACE = "gvirtus-system"
+ENABLE_LABEL = "gvirtus.io/enabled"
+PROPERTIES_ANNOTATION = "gvirtus.io/properties"
+PROBE_NAMESPACE = "webhook-probe"
+
+
+def free_port_on_all_addresses() -> int:
+    with socket.socket() as sock:
+        sock.bind(("0.0.0.0", 0))
+        return int(sock.getsockname()[1])
+
+
+def set_json_args(values: Mapping[str, Any]) -> list[str]:
+    """``{"webhook.replicaCount": 2}`` -> ``--set-json webhook.replicaCount=2``."""
+    args: list[str] = []
+    for path, value in values.items():
+        args += ["--set-json", f"{path}={json.dumps(value)}"]
+    return args
+
+
+def labelled_pod(name: str, namespace: str, labels: Mapping[str, str] | None = None) -> Pod:
+    return Pod(
+        metadata=ObjectMeta(
+            name=name, namespace=namespace, labels=dict(labels or {ENABLE_LABEL: "true"})
+        ),
+        spec=PodSpec(containers=[Container(name="app", image="registry.example.com/app:1")]),
+    )
+
+
+def ensure_namespace(cluster: Cluster, name: str, labels: Mapping[str, str] | None = None) -> None:
+    """The namespace, once pods can be created in it (its ``default`` ServiceAccount exists)."""
+    try:
+        cluster.client.create(Namespace(metadata=ObjectMeta(name=name, labels=dict(labels or {}))))
+    except ApiError as error:
+        if error.status.code != 409:
+            raise
+
+    def has_default_account() -> bool:
+        return any(True for _ in cluster.client.list(ServiceAccount, namespace=name))
+
+    wait_until(has_default_account, f"the default ServiceAccount of namespace {name}")
+
+
+@dataclass
+class Release:
+    cluster: Cluster
+    namespace: str = NAMESPACE
+    name: str = RELEASE
+    webhook_port: int = field(default_factory=free_port_on_all_addresses)
+    webhook: WebhookProcess | None = None
+    work: Path | None = None
+
+    @property
+    def base_values(self) -> dict[str, Any]:
+        """What every install sets: the free webhook port and the loopback cluster DNS."""
+        return {
+            "webhook.containerPort": self.webhook_port,
+            "webhook.dns.nameservers": [self.cluster.dns.nameserver],
+        }
+
+    def _helm(self, verb: str, values: Mapping[str, Any], *extra: str) -> str:
+        args = [verb, self.name, str(CHART), "--namespace", self.namespace]
+        args += set_json_args({**self.base_values, **values})
+        return self.cluster.helm(*args, *extra).stdout
+
+    def install(self, values: Mapping[str, Any] | None = None) -> str:
+        return self._helm("install", values or {}, "--create-namespace")
+
+    def upgrade(self, values: Mapping[str, Any] | None = None) -> str:
+        return self._helm("upgrade", values or {})
+
+    def uninstall(self) -> None:
+        self.stop_webhook()
+        self.cluster.helm("uninstall", self.name, "--namespace", self.namespace, "--wait")
+
+    def manifests(self) -> list[dict[str, Any]]:
+        """The objects of the deployed release, as Helm recorded them."""
+        text = self.cluster.helm("get", "manifest", self.name, "--namespace", self.namespace).stdout
+        return [doc for doc in yaml.safe_load_all(text) if doc]
+
+    def component_name(self, component: str) -> str:
+        return f"{self.name}-{component}"
+
+    # -- the webhook process ----------------------------------------------------------------------
+
+    def webhook_settings(self) -> dict[str, str]:
+        """The ``GVIRTUS_KAI_*`` settings of the chart's webhook Deployment (prefix dropped)."""
+        deployment = self.cluster.client.get(
+            Deployment, self.component_name("webhook"), namespace=self.namespace
+        )
+        assert deployment.spec is not None
+        assert deployment.spec.template.spec is not None
+        [container] = deployment.spec.template.spec.containers
+        return {
+            env.name.removeprefix("GVIRTUS_KAI_"): env.value or ""
+            for env in container.env or []
+            if env.name.startswith("GVIRTUS_KAI_")
+        }
+
+    def tls_secret(self) -> dict[str, bytes]:
+        secret = self.cluster.client.get(
+            Secret, self.component_name("webhook-tls"), namespace=self.namespace
+        )
+        return {key: base64.b64decode(value) for key, value in (secret.data or {}).items()}
+
+    def webhook_configuration(self) -> MutatingWebhookConfiguration:
+        name = f"{self.component_name('webhook')}.{self.namespace}"
+        return self.cluster.client.get(MutatingWebhookConfiguration, name)
+
+    def service_name(self) -> str:
+        """The Service the API server calls: ``clientConfig.service`` of the chart's webhook."""
+        [webhook] = self.webhook_configuration().webhooks or []
+        assert webhook.clientConfig.service is not None
+        return webhook.clientConfig.service.name
+
+    def start_webhook(self, work: Path) -> WebhookProcess:
+        """Run ``gvirtus-webhook`` as the webhook pod: its pod marked Ready at this machine's
+        address, the chart's settings and TLS Secret; return once the API server calls it."""
+        self.work = work
+        pods = wait_until(
+            lambda: self.cluster.pods(self.namespace, self.webhook_selector),
+            "the webhook Deployment's pod",
+        )
+        for pod in pods:
+            assert pod.metadata is not None
+            assert pod.metadata.name is not None
+            self.cluster.mark_pod_running(self.namespace, pod.metadata.name, self.cluster.node_ip)
+        return self.restart_webhook()
+
+    def restart_webhook(self) -> WebhookProcess:
+        """(Re)start the local process with the current Secret and settings."""
+        assert self.work is not None
+        self.stop_webhook()
+        tls = SecretVolume(self.work / f"{self.namespace}-webhook-tls")
+        secret = self.tls_secret()
+        tls.write_files({"tls.crt": secret["tls.crt"], "tls.key": secret["tls.key"]})
+        settings = self.webhook_settings()
+        settings.update(TLS_CERT_FILE=str(tls.cert_file), TLS_KEY_FILE=str(tls.key_file))
+        log = (self.work / f"{self.namespace}-webhook.log").open("ab")
+        self.webhook = start_webhook(settings, stderr=log)
+        log.close()
+        wait_until(self._webhook_ready, "the local webhook process to answer /readyz")
+        backend = settings["BACKEND_HOST"].split(".")
+        self.cluster.publish_service(backend[1], backend[0])
+        self.wait_until_called()
+        return self.webhook
+
+    def stop_webhook(self) -> None:
+        if self.webhook is not None:
+            self.webhook.stop()
+            self.webhook = None
+
+    @property
+    def webhook_selector(self) -> dict[str, str]:
+        return {"app.kubernetes.io/instance": self.name, "app.kubernetes.io/component": "webhook"}
+
+    def _client_context(self) -> ssl.SSLContext:
+        return ssl.create_default_context(cadata=self.tls_secret()["ca.crt"].decode())
+
+    def _get(self, path: str) -> httpx.Response:
+        assert self.webhook is not None
+        host = f"{self.service_name()}.{self.namespace}.svc"
+        with httpx.Client(verify=self._client_context(), timeout=5.0) as http:
+            return http.get(self.webhook.url(path), extensions={"sni_hostname": host})
+
+    def _webhook_ready(self) -> bool:
+        assert self.webhook is not None
+        if self.webhook.process.poll() is not None:
+            raise AssertionError(
+                f"the webhook process exited with {self.webhook.process.returncode}: "
+                + self.webhook_log_tail()
+            )
+        try:
+            return self._get("/readyz").status_code == 200
+        except httpx.TransportError:
+            return False
+
+    def webhook_log_tail(self, lines: int = 20) -> str:
+        assert self.work is not None
+        path = self.work / f"{self.namespace}-webhook.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def admissions(self) -> float:
+        """Admission reviews the webhook has answered, from its Prometheus metrics."""
+        text = self._get("/metrics").text
+        return sum(
+            float(match.group(1))
+            for match in re.finditer(
+                r"^gvirtus_webhook_admissions_total\{[^}]*\} (\S+)$", text, re.M
+            )
+        )
+
+    def wait_until_called(self, timeout: float = WAIT) -> None:
+        """Until the API server routes a labelled pod's review to the webhook (the endpoint has
+        reached its informers): dry-run creates in a probe namespace until one comes back
+        mutated."""
+        ensure_namespace(self.cluster, PROBE_NAMESPACE)
+        last: list[str] = []
+
+        def mutated() -> bool:
+            try:
+                pod = self.cluster.client.create(
+                    labelled_pod("probe", PROBE_NAMESPACE), dry_run=True
+                )
+            except ApiError as error:
+                last[:] = [error.status.message or str(error)]
+                return False
+            assert pod.metadata is not None
+            return PROPERTIES_ANNOTATION in (pod.metadata.annotations or {}) or bool(
+                pod.spec and pod.spec.schedulingGates
+            )
+
+        try:
+            wait_until(mutated, "the API server to call the webhook", timeout)
+        except AssertionError as error:
+            raise AssertionError(f"{error}; last answer: {last}") from None
