@@ -33,7 +33,7 @@ from lightkube import ApiError
 from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.admissionregistration_v1 import MutatingWebhookConfiguration
-from lightkube.resources.apps_v1 import Deployment
+from lightkube.resources.apps_v1 import DaemonSet, Deployment
 from lightkube.resources.core_v1 import Namespace, Pod, Secret, ServiceAccount
 
 from tests.cluster.controlplane import ROOT
@@ -130,17 +130,31 @@ class Release:
 
     def webhook_settings(self) -> dict[str, str]:
         """The ``GVIRTUS_KAI_*`` settings of the chart's webhook Deployment (prefix dropped)."""
-        deployment = self.cluster.client.get(
-            Deployment, self.component_name("webhook"), namespace=self.namespace
+        return self.settings_of(Deployment, "webhook")
+
+    def settings_of(
+        self, kind: type[Deployment | DaemonSet], component: str, node_name: str = ""
+    ) -> dict[str, str]:
+        """The ``GVIRTUS_KAI_*`` settings of a component's container as installed, prefix
+        dropped; ``spec.nodeName`` references get ``node_name``, as the kubelet fills them in."""
+        workload = self.cluster.client.get(
+            kind, self.component_name(component), namespace=self.namespace
         )
-        assert deployment.spec is not None
-        assert deployment.spec.template.spec is not None
-        [container] = deployment.spec.template.spec.containers
-        return {
-            env.name.removeprefix("GVIRTUS_KAI_"): env.value or ""
-            for env in container.env or []
-            if env.name.startswith("GVIRTUS_KAI_")
-        }
+        assert workload.spec is not None
+        assert workload.spec.template.spec is not None
+        [container] = workload.spec.template.spec.containers
+        settings = {}
+        for env in container.env or []:
+            if not env.name.startswith("GVIRTUS_KAI_"):
+                continue
+            field_ref = env.valueFrom.fieldRef if env.valueFrom is not None else None
+            if field_ref is not None:
+                assert field_ref.fieldPath == "spec.nodeName", field_ref.fieldPath
+                value = node_name
+            else:
+                value = env.value or ""
+            settings[env.name.removeprefix("GVIRTUS_KAI_")] = value
+        return settings
 
     def tls_secret(self) -> dict[str, bytes]:
         secret = self.cluster.client.get(
