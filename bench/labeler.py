@@ -1,29 +1,33 @@
 """Labeler figures next to their targets (``make bench``).
 
-Runs the real ``gvirtus-labeler`` process against the fake Kubernetes API server of the tests,
-served from this process over loopback HTTP. Restore latency is the time from an operator's write
-that removes a role label to the labeler's patch putting it back, as the API server sees both
-(the original labeler polled every 60 s). Idle RSS is read after the labeler has sat watching for
-a few seconds; shutdown is the time from SIGTERM to the process having exited.
+Runs the real ``gvirtus-labeler`` process against a real kube-apiserver + etcd (the test control
+plane of ``tests/cluster``; binaries from ``$KUBEBUILDER_ASSETS`` or ``make tools``). Restore
+latency is the time from an operator's write that removes a role label (its answer) to the
+labeler's patch putting it back, seen on a watch the benchmark opened before the write (the
+original labeler polled every 60 s). Idle RSS is read after the labeler has sat watching for a
+few seconds; shutdown is the time from SIGTERM to the process having exited.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
 
+import httpx
 import psutil
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from tests.kubeapi.server import FakeKubeApi  # noqa: E402
+from tests.cluster.controlplane import ControlPlane  # noqa: E402
 
 COMMAND = str(Path(sys.executable).parent / "gvirtus-labeler")
 FRONTEND = "gvirtus.io/frontend.allowed"
@@ -31,7 +35,8 @@ TARGET_RESTORE_MEDIAN_S = 1.0
 TARGET_RSS_MIB = 64.0
 TARGET_SIGTERM_S = 1.0
 IDLE_SECONDS = 3.0
-WAIT = 30.0
+WAIT = 60.0
+MERGE_PATCH = {"content-type": "application/merge-patch+json"}
 
 
 def row(name: str, value: float, unit: str, target: float | None) -> str:
@@ -59,38 +64,84 @@ def resident_parts(pid: int) -> str:
     return f"{parts['RssAnon']:.1f} / {parts['RssFile']:.1f} MiB"
 
 
-async def start(*args: str, env: dict[str, str]) -> asyncio.subprocess.Process:
-    return await asyncio.create_subprocess_exec(
-        COMMAND, *args, env=env, stderr=asyncio.subprocess.DEVNULL
-    )
-
-
-async def stop(process: asyncio.subprocess.Process) -> float:
-    """SIGTERM, and the seconds until the process has exited."""
+def wait_until(check: Callable[[], bool], what: str) -> float:
     started = time.monotonic()
-    process.terminate()
-    async with asyncio.timeout(WAIT):
-        await process.wait()
+    while not check():
+        if time.monotonic() - started > WAIT:
+            raise TimeoutError(f"{what}: not within {WAIT:.0f}s")
+        time.sleep(0.05)
     return time.monotonic() - started
 
 
-async def per_node(api: FakeKubeApi, kubeconfig: Path, deletions: int) -> list[str]:
-    api.add_node("bench-node")
-    labeler = await start(env=environment(kubeconfig, node_name="bench-node"))
+def start(*args: str, env: dict[str, str]) -> subprocess.Popen[bytes]:
+    return subprocess.Popen([COMMAND, *args], env=env, stderr=subprocess.DEVNULL)
+
+
+def stop(process: subprocess.Popen[bytes]) -> float:
+    """SIGTERM, and the seconds until the process has exited."""
+    started = time.monotonic()
+    process.terminate()
+    process.wait(WAIT)
+    return time.monotonic() - started
+
+
+class Api:
+    """The admin's plain HTTP view of the API server, for the operator's writes and watches."""
+
+    def __init__(self, plane: ControlPlane) -> None:
+        self.http = httpx.Client(base_url=plane.server, verify=plane.admin_tls_context())
+
+    def add_nodes(self, names: list[str]) -> None:
+        for name in names:
+            body = {"apiVersion": "v1", "kind": "Node", "metadata": {"name": name}}
+            self.http.post("/api/v1/nodes", json=body).raise_for_status()
+
+    def node(self, name: str) -> dict[str, object]:
+        answer = self.http.get(f"/api/v1/nodes/{name}")
+        answer.raise_for_status()
+        node: dict[str, object] = answer.json()
+        return node
+
+    def labelled(self, name: str) -> bool:
+        labels = self.node(name)["metadata"].get("labels") or {}  # type: ignore[attr-defined]
+        return FRONTEND in labels
+
+    def all_labelled(self, names: set[str]) -> bool:
+        items = self.http.get("/api/v1/nodes").json()["items"]
+        done = {i["metadata"]["name"] for i in items if FRONTEND in i["metadata"].get("labels", {})}
+        return names <= done
+
+    def restore_latency(self, name: str) -> float:
+        """Remove the frontend label; the seconds until a watch shows it back."""
+        version = self.node(name)["metadata"]["resourceVersion"]  # type: ignore[index]
+        params = {"watch": "true", "fieldSelector": f"metadata.name={name}"}
+        params["resourceVersion"] = version
+        with self.http.stream("GET", "/api/v1/nodes", params=params, timeout=WAIT) as events:
+            removed = {"metadata": {"labels": {FRONTEND: None}}}
+            started = time.monotonic()
+            self.http.patch(f"/api/v1/nodes/{name}", json=removed, headers=MERGE_PATCH)
+            for line in events.iter_lines():
+                labels = json.loads(line)["object"]["metadata"].get("labels", {})
+                if FRONTEND in labels:
+                    return time.monotonic() - started
+        raise RuntimeError(f"the watch on {name} ended before the label came back")
+
+
+def per_node(plane: ControlPlane, api: Api, deletions: int) -> list[str]:
+    api.add_nodes(["bench-node"])
+    labeler = start(env=environment(plane.admin_kubeconfig, node_name="bench-node"))
     try:
-        await api.wait_until(lambda: api.open_watches == 1, within=WAIT)
+        wait_until(lambda: api.labelled("bench-node"), "the labeler labelling its node")
+        time.sleep(0.5)  # its watch is open
         restores = []
         for _ in range(deletions):
-            api.remove_label("bench-node", FRONTEND)
-            restores.append(
-                await api.wait_until(lambda: FRONTEND in api.labels("bench-node"), within=WAIT)
-            )
-            await asyncio.sleep(0.05)  # deletions spaced out, as operators make them
-        await asyncio.sleep(IDLE_SECONDS)
+            restores.append(api.restore_latency("bench-node"))
+            time.sleep(0.05)  # deletions spaced out, as operators make them
+        time.sleep(IDLE_SECONDS)
         rss_mib = psutil.Process(labeler.pid).memory_info().rss / 2**20
         parts = resident_parts(labeler.pid)
     finally:
-        shutdown = await stop(labeler)
+        shutdown = stop(labeler)
     return [
         row(
             f"restore latency, median of {deletions}",
@@ -105,25 +156,19 @@ async def per_node(api: FakeKubeApi, kubeconfig: Path, deletions: int) -> list[s
     ]
 
 
-async def all_nodes(api: FakeKubeApi, kubeconfig: Path, nodes: int) -> list[str]:
+def all_nodes(plane: ControlPlane, api: Api, nodes: int) -> list[str]:
     names = [f"fleet-{i:05d}" for i in range(nodes)]
-    for name in names:
-        api.add_node(name)
+    api.add_nodes(names)
     started = time.monotonic()
-    labeler = await start("--all-nodes", env=environment(kubeconfig))
+    labeler = start("--all-nodes", env=environment(plane.admin_kubeconfig))
     try:
-        await api.wait_until(
-            lambda: all(FRONTEND in api.labels(name) for name in names), within=WAIT * 4
-        )
+        wait_until(lambda: api.all_labelled(set(names)), f"the labeler labelling {nodes} nodes")
         elapsed = time.monotonic() - started
-        await api.wait_until(lambda: api.open_watches == 1, within=WAIT)
-        api.remove_label(names[nodes // 2], FRONTEND)
-        restore = await api.wait_until(
-            lambda: FRONTEND in api.labels(names[nodes // 2]), within=WAIT
-        )
+        time.sleep(0.5)  # its watch is open
+        restore = api.restore_latency(names[nodes // 2])
         rss_mib = psutil.Process(labeler.pid).memory_info().rss / 2**20
     finally:
-        await stop(labeler)
+        stop(labeler)
     return [
         row(f"--all-nodes: start and label {nodes} nodes", elapsed, "s", None),
         row(f"--all-nodes: restore latency among {nodes}", restore, "s", TARGET_RESTORE_MEDIAN_S),
@@ -131,16 +176,14 @@ async def all_nodes(api: FakeKubeApi, kubeconfig: Path, nodes: int) -> list[str]
     ]
 
 
-async def bench(deletions: int, nodes: int) -> list[str]:
-    rows = []
+def bench(deletions: int, nodes: int) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="labeler-bench-") as work:
-        async with FakeKubeApi(bookmark_interval=60.0) as api:
-            kubeconfig = api.write_kubeconfig(Path(work) / "kubeconfig")
-            rows += await per_node(api, kubeconfig, deletions)
-        async with FakeKubeApi(bookmark_interval=60.0) as api:
-            kubeconfig = api.write_kubeconfig(Path(work) / "kubeconfig")
-            rows += await all_nodes(api, kubeconfig, nodes)
-    return rows
+        plane = ControlPlane(Path(work)).start()
+        try:
+            api = Api(plane)
+            return per_node(plane, api, deletions) + all_nodes(plane, api, nodes)
+        finally:
+            plane.stop()
 
 
 def main() -> int:
@@ -148,8 +191,8 @@ def main() -> int:
     parser.add_argument("--deletions", type=int, default=20)
     parser.add_argument("--nodes", type=int, default=1000)
     args = parser.parse_args()
-    print("labeler (real gvirtus-labeler process, fake API server over loopback HTTP)")
-    rows = asyncio.run(bench(args.deletions, args.nodes))
+    print("labeler (real gvirtus-labeler process, real kube-apiserver + etcd on loopback)")
+    rows = bench(args.deletions, args.nodes)
     print("\n".join(rows))
     return 1 if any(row.lstrip().startswith("MISS") for row in rows) else 0
 

@@ -226,9 +226,9 @@ class Cluster:
 
     # -- identities -----------------------------------------------------------------------------
 
-    def token_for(self, namespace: str, service_account: str, hours: int = 2) -> Path:
-        """A kubeconfig authenticating as the ServiceAccount, with a TokenRequest token (what
-        the kubelet projects into its pods)."""
+    def token(self, namespace: str, service_account: str, hours: int = 2) -> str:
+        """A token for the ServiceAccount from the TokenRequest API (what the kubelet projects
+        into its pods)."""
         request = ServiceAccount.Token(
             metadata=ObjectMeta(),
             spec=TokenRequestSpec(audiences=[], expirationSeconds=hours * 3600),
@@ -236,9 +236,12 @@ class Cluster:
         answer = self.client.create(request, name=service_account, namespace=namespace)
         assert answer.status is not None
         assert answer.status.token
-        return self.plane.kubeconfig_for_token(
-            answer.status.token, f"{namespace}.{service_account}"
-        )
+        return answer.status.token
+
+    def token_for(self, namespace: str, service_account: str) -> Path:
+        """A kubeconfig authenticating as the ServiceAccount (a TokenRequest token)."""
+        token = self.token(namespace, service_account)
+        return self.plane.kubeconfig_for_token(token, f"{namespace}.{service_account}")
 
     def client_for(self, kubeconfig: Path) -> Client:
         return Client(KubeConfig.from_file(kubeconfig), field_manager="cluster-tests")

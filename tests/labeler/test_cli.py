@@ -16,8 +16,8 @@ from typing import Any
 import httpx
 import pytest
 
-from tests.kubeapi.server import FakeKubeApi
-from tests.labeler.support import BACKEND, DEFAULTS, FRONTEND, WAIT
+from tests.cluster.faultproxy import FaultProxy
+from tests.labeler.support import BACKEND, DEFAULTS, FRONTEND, WAIT, Nodes
 
 LABELER = str(Path(sys.executable).parent / "gvirtus-labeler")
 
@@ -100,42 +100,43 @@ async def started(*args: str, env: dict[str, str]) -> AsyncIterator[LabelerProce
 
 
 async def test_once_labels_its_node_logs_each_label_and_exits_zero(
-    kube_api: FakeKubeApi, kubeconfig: Path
+    nodes: Nodes, kubeconfig: Path
 ) -> None:
-    kube_api.add_node("n1", {BACKEND: "true"})
+    await nodes.add("n1", {BACKEND: "true"})
+    n1 = nodes.name("n1")
 
-    code, stderr = await run("--once", env=environment(kubeconfig, node_name="n1"))
+    code, stderr = await run("--once", env=environment(kubeconfig, node_name=n1))
 
     assert code == 0
-    assert kube_api.labels("n1") == {BACKEND: "true", FRONTEND: "true"}
+    assert await nodes.labels("n1") == {BACKEND: "true", FRONTEND: "true"}
     added = [e for e in json_lines(stderr) if e["msg"] == "label added"]
-    assert [(e["node"], e["key"], e["value"]) for e in added] == [("n1", FRONTEND, "true")]
+    assert [(e["node"], e["key"], e["value"]) for e in added] == [(n1, FRONTEND, "true")]
 
 
-async def test_once_with_all_nodes_labels_every_node(
-    kube_api: FakeKubeApi, kubeconfig: Path
-) -> None:
+async def test_once_with_all_nodes_labels_every_node(nodes: Nodes, kubeconfig: Path) -> None:
     for name in ("a", "b", "c"):
-        kube_api.add_node(name)
+        await nodes.add(name)
 
     code, _ = await run("--once", "--all-nodes", env=environment(kubeconfig))
 
     assert code == 0
-    assert all(kube_api.labels(name) == DEFAULTS for name in ("a", "b", "c"))
+    assert [await nodes.labels(name) for name in ("a", "b", "c")] == [DEFAULTS] * 3
 
 
 async def test_once_on_a_node_that_does_not_exist_fails_naming_it(
-    kube_api: FakeKubeApi, kubeconfig: Path
+    nodes: Nodes, kubeconfig: Path
 ) -> None:
-    code, stderr = await run("--once", env=environment(kubeconfig, node_name="ghost"))
+    ghost = nodes.name("ghost")
+
+    code, stderr = await run("--once", env=environment(kubeconfig, node_name=ghost))
 
     assert code == 1
     [error] = [e for e in json_lines(stderr) if e["level"] == "error"]
-    assert error["msg"] == "could not label: node 'ghost' not found"
+    assert error["msg"] == f"could not label: node '{ghost}' not found"
 
 
 async def test_once_with_the_api_unreachable_fails_after_retrying(
-    kube_api: FakeKubeApi, kubeconfig: Path
+    kube_api: FaultProxy, kubeconfig: Path
 ) -> None:
     await kube_api.stop()
 
@@ -195,15 +196,16 @@ async def test_no_usable_kube_config_exits_2(tmp_path: Path) -> None:
 
 
 async def test_a_health_port_already_in_use_fails_naming_the_port(
-    kube_api: FakeKubeApi, kubeconfig: Path
+    nodes: Nodes, kubeconfig: Path
 ) -> None:
-    kube_api.add_node("n1")
+    await nodes.add("n1")
+    n1 = nodes.name("n1")
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = str(taken.getsockname()[1])
 
-        code, stderr = await run(env=environment(kubeconfig, node_name="n1", health_port=port))
+        code, stderr = await run(env=environment(kubeconfig, node_name=n1, health_port=port))
 
     assert code == 1
     [error] = [e for e in json_lines(stderr) if e["level"] == "error"]
@@ -214,11 +216,11 @@ async def test_a_health_port_already_in_use_fails_naming_the_port(
 
 
 async def test_healthz_and_metrics_are_served_over_http(
-    kube_api: FakeKubeApi, kubeconfig: Path
+    kube_api: FaultProxy, nodes: Nodes, kubeconfig: Path
 ) -> None:
-    kube_api.add_node("n1")
+    await nodes.add("n1")
 
-    async with started(env=environment(kubeconfig, node_name="n1")) as labeler:
+    async with started(env=environment(kubeconfig, node_name=nodes.name("n1"))) as labeler:
         port = (await labeler.log("health server listening"))["port"]
         await kube_api.wait_until(lambda: kube_api.open_watches == 1, within=WAIT)
         async with httpx.AsyncClient(base_url=f"http://127.0.0.1:{port}") as http:
@@ -230,10 +232,12 @@ async def test_healthz_and_metrics_are_served_over_http(
     assert "gvirtus_labeler_conflicts_total 0.0" in metrics
 
 
-async def test_sigterm_stops_the_labeler_cleanly(kube_api: FakeKubeApi, kubeconfig: Path) -> None:
-    kube_api.add_node("n1")
+async def test_sigterm_stops_the_labeler_cleanly(
+    kube_api: FaultProxy, nodes: Nodes, kubeconfig: Path
+) -> None:
+    await nodes.add("n1")
 
-    async with started(env=environment(kubeconfig, node_name="n1")) as labeler:
+    async with started(env=environment(kubeconfig, node_name=nodes.name("n1"))) as labeler:
         await kube_api.wait_until(lambda: kube_api.open_watches == 1, within=WAIT)
         labeler.process.send_signal(signal.SIGTERM)
         code = await labeler.exit_code()
@@ -244,14 +248,14 @@ async def test_sigterm_stops_the_labeler_cleanly(kube_api: FakeKubeApi, kubeconf
 
 
 async def test_the_process_keeps_retrying_while_the_api_is_down(
-    kube_api: FakeKubeApi, kubeconfig: Path
+    kube_api: FaultProxy, nodes: Nodes, kubeconfig: Path
 ) -> None:
-    kube_api.add_node("n1")
+    await nodes.add("n1")
     await kube_api.stop()
 
-    async with started(env=environment(kubeconfig, node_name="n1")) as labeler:
+    async with started(env=environment(kubeconfig, node_name=nodes.name("n1"))) as labeler:
         await labeler.log("kubernetes API call failed; retrying")
         await kube_api.start()
-        await kube_api.wait_until(lambda: kube_api.labels("n1") == DEFAULTS, within=WAIT * 3)
+        await nodes.has_labels("n1", DEFAULTS)
 
         assert labeler.process.returncode is None
