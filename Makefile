@@ -70,7 +70,7 @@ fmt: $(VENV_STAMP) ## format and autofix Python sources
 
 bench: $(VENV_STAMP) $(GO_BINS) ## performance figures of every service next to their targets; fails on a miss
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-	@missed=0; for name in webhook mutation labeler device_plugin controller; do \
+	@missed=0; for name in webhook mutation labeler device_plugin controller apiserver; do \
 	  $(BIN)/python bench/$$name.py || missed=1; \
 	done; exit $$missed
 

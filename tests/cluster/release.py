@@ -184,7 +184,36 @@ class Release:
             assert pod.metadata is not None
             assert pod.metadata.name is not None
             self.cluster.mark_pod_running(self.namespace, pod.metadata.name, self.cluster.node_ip)
+        self.mark_backends_ready()
         return self.restart_webhook()
+
+    def mark_backends_ready(self) -> list[str]:
+        """Mark the backend DaemonSet's pods Running and Ready, each with its own address from
+        a documentation range (never dialled: only written into GVirtuS configurations); the
+        addresses."""
+        selector = {
+            "app.kubernetes.io/instance": self.name,
+            "app.kubernetes.io/component": "backend",
+        }
+        try:
+            self.cluster.client.get(
+                DaemonSet, self.component_name("backend"), namespace=self.namespace
+            )
+        except ApiError as error:
+            if error.status.code == 404:  # backend.enabled=false
+                return []
+            raise
+        pods = wait_until(
+            lambda: self.cluster.pods(self.namespace, selector), "the backend DaemonSet's pods"
+        )
+        addresses = []
+        for number, pod in enumerate(pods, start=10):
+            assert pod.metadata is not None
+            assert pod.metadata.name is not None
+            address = f"203.0.113.{number}"
+            self.cluster.mark_pod_running(self.namespace, pod.metadata.name, address)
+            addresses.append(address)
+        return addresses
 
     def restart_webhook(self) -> WebhookProcess:
         """(Re)start the local process with the current Secret and settings."""
