@@ -12,16 +12,22 @@ created, read back from the API. The API server verifies the certificate for
 ``<service>.<namespace>.svc`` against the chart's caBundle, as in a real cluster.
 
 The webhook's backend lookup goes to the loopback DNS server of ``Cluster.dns``, which answers
-the backend Service's name as the cluster DNS would (``Cluster.publish_service``).
+the backend Service's name as the cluster DNS would (``Cluster.publish_service``). The backend
+DaemonSet's pods are marked Ready with addresses of a documentation range, so the backend Services
+have endpoints. When the release has a placement controller, ``gvirtus-controller`` runs as a local
+process too, with the chart's settings and its own ServiceAccount's token.
 """
 
 from __future__ import annotations
 
 import base64
 import json
+import os
 import re
 import socket
 import ssl
+import subprocess
+import sys
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -93,7 +99,9 @@ class Release:
     name: str = RELEASE
     webhook_port: int = field(default_factory=free_port_on_all_addresses)
     webhook: WebhookProcess | None = None
+    controller: subprocess.Popen[bytes] | None = None
     work: Path | None = None
+    backend_addresses: list[str] = field(default_factory=list)
 
     @property
     def base_values(self) -> dict[str, Any]:
@@ -115,6 +123,7 @@ class Release:
         return self._helm("upgrade", values or {})
 
     def uninstall(self) -> None:
+        self.stop_controller()
         self.stop_webhook()
         self.cluster.helm("uninstall", self.name, "--namespace", self.namespace, "--wait")
 
@@ -133,10 +142,15 @@ class Release:
         return self.settings_of(Deployment, "webhook")
 
     def settings_of(
-        self, kind: type[Deployment | DaemonSet], component: str, node_name: str = ""
+        self,
+        kind: type[Deployment | DaemonSet],
+        component: str,
+        node_name: str = "",
+        pod_name: str = "",
     ) -> dict[str, str]:
         """The ``GVIRTUS_KAI_*`` settings of a component's container as installed, prefix
-        dropped; ``spec.nodeName`` references get ``node_name``, as the kubelet fills them in."""
+        dropped; downward-API references get ``node_name``/``pod_name``, as the kubelet fills
+        them in."""
         workload = self.cluster.client.get(
             kind, self.component_name(component), namespace=self.namespace
         )
@@ -149,8 +163,8 @@ class Release:
                 continue
             field_ref = env.valueFrom.fieldRef if env.valueFrom is not None else None
             if field_ref is not None:
-                assert field_ref.fieldPath == "spec.nodeName", field_ref.fieldPath
-                value = node_name
+                downward = {"spec.nodeName": node_name, "metadata.name": pod_name}
+                value = downward[field_ref.fieldPath]
             else:
                 value = env.value or ""
             settings[env.name.removeprefix("GVIRTUS_KAI_")] = value
@@ -184,8 +198,10 @@ class Release:
             assert pod.metadata is not None
             assert pod.metadata.name is not None
             self.cluster.mark_pod_running(self.namespace, pod.metadata.name, self.cluster.node_ip)
-        self.mark_backends_ready()
-        return self.restart_webhook()
+        self.backend_addresses = self.mark_backends_ready()
+        webhook = self.restart_webhook()
+        self.start_controller()
+        return webhook
 
     def mark_backends_ready(self) -> list[str]:
         """Mark the backend DaemonSet's pods Running and Ready, each with its own address from
@@ -232,6 +248,60 @@ class Release:
         self.cluster.publish_service(backend[1], backend[0])
         self.wait_until_called()
         return self.webhook
+
+    def start_controller(self) -> subprocess.Popen[bytes] | None:
+        """Run ``gvirtus-controller`` with the chart's settings and its own ServiceAccount's token
+        when the release has a controller; None when it has none."""
+        name = self.component_name("controller")
+        try:
+            self.cluster.client.get(Deployment, name, namespace=self.namespace)
+        except ApiError as error:
+            if error.status.code == 404:  # controller.enabled=false
+                return None
+            raise
+        assert self.work is not None
+        settings = self.settings_of(Deployment, "controller", pod_name=f"{name}-local")
+        health_port = free_port_on_all_addresses()
+        # The chart's health port is a container port; locally, a free loopback port serves.
+        settings.update(HEALTH_HOST="127.0.0.1", HEALTH_PORT=str(health_port))
+        env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
+        env.update({f"GVIRTUS_KAI_{key}": value for key, value in settings.items()})
+        env["KUBECONFIG"] = str(self.cluster.token_for(self.namespace, name))
+        with (self.work / f"{self.namespace}-controller.log").open("ab") as log:
+            self.controller = subprocess.Popen(
+                [str(Path(sys.executable).with_name("gvirtus-controller"))],
+                env=env,
+                stderr=log,
+                start_new_session=True,
+            )
+
+        def ready() -> bool:
+            assert self.controller is not None
+            if self.controller.poll() is not None:
+                log_text = (self.work_file("controller.log")).read_text(errors="replace")
+                raise AssertionError(f"gvirtus-controller exited: {log_text[-2000:]}")
+            try:
+                answer = httpx.get(f"http://127.0.0.1:{health_port}/readyz", timeout=2.0)
+            except httpx.TransportError:
+                return False
+            return answer.status_code == 200
+
+        wait_until(ready, "the local controller process to be ready")
+        return self.controller
+
+    def stop_controller(self) -> None:
+        if self.controller is not None:
+            self.controller.terminate()
+            try:
+                self.controller.wait(30)
+            except subprocess.TimeoutExpired:
+                self.controller.kill()
+                self.controller.wait()
+            self.controller = None
+
+    def work_file(self, name: str) -> Path:
+        assert self.work is not None
+        return self.work / f"{self.namespace}-{name}"
 
     def stop_webhook(self) -> None:
         if self.webhook is not None:

@@ -17,7 +17,7 @@ from tests.cluster.release import CHART, NAMESPACE, Release, ensure_namespace
 SCENARIOS = sorted((CHART / "ci").glob("*-values.yaml"))
 STAND_IN_CRDS = ROOT / "tests" / "cluster" / "cert-manager-crds.yaml"
 # Objects the chart's objects create in turn: they must go with the release too.
-DERIVED_KINDS = ("replicasets.apps", "pods", "controllerrevisions.apps", "endpointslices")
+DERIVED_KINDS = ("replicaset.apps", "pod", "controllerrevision.apps", "endpointslice")
 
 
 @pytest.fixture
@@ -48,7 +48,7 @@ def resource_kinds(cluster: Cluster) -> set[str]:
         for doc in yaml.safe_load_all(text):
             if doc:
                 group = doc["apiVersion"].rpartition("/")[0]
-                kinds.add(f"{doc['kind'].lower()}s.{group}" if group else doc["kind"].lower())
+                kinds.add(f"{doc['kind'].lower()}.{group}" if group else doc["kind"].lower())
     return kinds
 
 
