@@ -35,11 +35,13 @@ from gvirtus_kai_controller.placement import (  # noqa: E402
     PodInfo,
 )
 from lightkube import AsyncClient, KubeConfig  # noqa: E402
-from lightkube.models.meta_v1 import ObjectMeta  # noqa: E402
-from lightkube.resources.core_v1 import Namespace, Pod, ServiceAccount  # noqa: E402
+from lightkube.resources.core_v1 import Pod  # noqa: E402
 from lightkube.resources.discovery_v1 import EndpointSlice  # noqa: E402
 
-from tests.controller.apiserver import ApiServer  # noqa: E402
+from tests.cluster.controlplane import ControlPlane  # noqa: E402
+from tests.cluster.kube import NODES, Cluster  # noqa: E402
+from tests.cluster.release import ensure_namespace  # noqa: E402
+from tests.dnsserver import LoopbackDnsServer  # noqa: E402
 
 COMMAND = str(Path(sys.executable).parent / "gvirtus-controller")
 TARGET_DECISION_MS = 1.0
@@ -124,21 +126,19 @@ def settle(state: Placement, decision: Assignment) -> None:
 class Scene:
     """A namespace pair, an enable label and a controller process of their own."""
 
-    def __init__(self, client: AsyncClient, kubeconfig: Path, name: str) -> None:
+    def __init__(self, client: AsyncClient, cluster: Cluster, name: str) -> None:
         self.client = client
-        self.kubeconfig = kubeconfig
+        self.cluster = cluster
+        self.kubeconfig = cluster.plane.admin_kubeconfig
         self.release = f"{name}-system"
         self.apps = f"{name}-apps"
         self.label = f"bench.gvirtus.io/{name}"
         self.released: dict[str, float] = {}
         self.changed = asyncio.Event()
 
-    async def create(self) -> None:
+    def create(self) -> None:
         for namespace in (self.release, self.apps):
-            await self.client.create(Namespace(metadata=ObjectMeta(name=namespace)))
-        await self.client.create(
-            ServiceAccount(metadata=ObjectMeta(name="default", namespace=self.apps))
-        )
+            ensure_namespace(self.cluster, namespace)
 
     def pod(self, name: str) -> Pod:
         manifest = {
@@ -215,9 +215,9 @@ async def stop(process: asyncio.subprocess.Process) -> None:
         await process.wait()
 
 
-async def throughput(client: AsyncClient, kubeconfig: Path, pods: int, backends: int) -> list[str]:
-    scene = Scene(client, kubeconfig, "flow")
-    await scene.create()
+async def throughput(client: AsyncClient, cluster: Cluster, pods: int, backends: int) -> list[str]:
+    scene = Scene(client, cluster, "flow")
+    scene.create()
     ips = [f"10.9.{i // 250}.{i % 250 + 1}" for i in range(backends)]
     await client.create(scene.slice("backends", ips))
     controller = await scene.start_controller()
@@ -271,10 +271,10 @@ async def throughput(client: AsyncClient, kubeconfig: Path, pods: int, backends:
     ]
 
 
-async def release_latency(client: AsyncClient, kubeconfig: Path, rounds: int) -> list[str]:
+async def release_latency(client: AsyncClient, cluster: Cluster, rounds: int) -> list[str]:
     """Every backend full (one pod each); a new ready backend releases the waiting pod."""
-    scene = Scene(client, kubeconfig, "release")
-    await scene.create()
+    scene = Scene(client, cluster, "release")
+    scene.create()
     await client.create(scene.slice("first", ["10.10.0.1"]))
     controller = await scene.start_controller(max_pods_per_backend="1")
     watcher = asyncio.create_task(scene.watch_releases())
@@ -303,17 +303,23 @@ async def release_latency(client: AsyncClient, kubeconfig: Path, rounds: int) ->
 
 async def end_to_end(pods: int, backends: int, rounds: int) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="controller-bench-") as work:
-        server = ApiServer(Path(work))
+        plane = ControlPlane(Path(work) / "control-plane").start()
+        dns = LoopbackDnsServer().start()
         try:
-            server.start()
-            client = AsyncClient(KubeConfig.from_file(server.kubeconfig), field_manager="bench")
+            cluster = Cluster(plane, dns)
+            for node in NODES:  # kube-scheduler binds the released pods, as in a cluster
+                cluster.add_node(node)
+            client = AsyncClient(
+                KubeConfig.from_file(plane.admin_kubeconfig), field_manager="bench"
+            )
             try:
-                rows = await release_latency(client, server.kubeconfig, rounds)
-                rows += await throughput(client, server.kubeconfig, pods, backends)
+                rows = await release_latency(client, cluster, rounds)
+                rows += await throughput(client, cluster, pods, backends)
             finally:
                 await client.close()
         finally:
-            server.stop()
+            dns.stop()
+            plane.stop()
     return rows
 
 

@@ -1,11 +1,12 @@
-"""Fixtures of the controller's loop tests: a real API server, a client, a running controller."""
+"""Fixtures of the controller's loop tests: the session's real control plane (``tests/cluster``),
+a client, each test's own namespaces, and controllers running in the test's event loop."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import itertools
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -16,26 +17,17 @@ from gvirtus_kai_controller.leader import LeaderElector
 from gvirtus_kai_controller.metrics import Metrics
 from gvirtus_kai_controller.settings import Settings
 from lightkube import AsyncClient, KubeConfig
-from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import Namespace, ServiceAccount
 
-from tests.controller.apiserver import ApiServer
+from tests.cluster.kube import Cluster
+from tests.cluster.release import ensure_namespace
 
 _numbers = itertools.count(1)
 
 
 @pytest.fixture(scope="session")
-def kubeconfig(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    server = ApiServer(tmp_path_factory.mktemp("apiserver"))
-    try:
-        server.start()
-    except (OSError, RuntimeError) as error:
-        server.stop()
-        pytest.fail(f"the test API server did not start: {error}", pytrace=False)
-    try:
-        yield server.kubeconfig
-    finally:
-        server.stop()
+def kubeconfig(cluster: Cluster) -> Path:
+    """The admin's kubeconfig: what tests use to set the scene, as an operator would."""
+    return cluster.plane.admin_kubeconfig
 
 
 @pytest.fixture
@@ -48,20 +40,17 @@ async def client(kubeconfig: Path) -> AsyncIterator[AsyncClient]:
 class Scene:
     """One test's world: its own namespaces and enable label, so tests never see each other."""
 
-    def __init__(self, client: AsyncClient, kubeconfig: Path) -> None:
+    def __init__(self, client: AsyncClient, cluster: Cluster) -> None:
         number = next(_numbers)
         self.client = client
-        self.kubeconfig = kubeconfig
+        self.cluster = cluster
         self.release = f"gvirtus-{number}"
         self.apps = f"apps-{number}"
         self.enable_label = f"test.gvirtus.io/scene-{number}"
 
-    async def create_namespaces(self) -> None:
+    def create_namespaces(self) -> None:
         for name in (self.release, self.apps):
-            await self.client.create(Namespace(metadata=ObjectMeta(name=name)))
-        # Pods need their ServiceAccount (no controller-manager here to create it).
-        meta = ObjectMeta(name="default", namespace=self.apps)
-        await self.client.create(ServiceAccount(metadata=meta))
+            ensure_namespace(self.cluster, name)
 
     def settings(self, **overrides: Any) -> Settings:
         values: dict[str, Any] = {
@@ -107,9 +96,9 @@ StartController = Callable[..., Awaitable[Running]]
 
 
 @pytest.fixture
-async def scene(client: AsyncClient, kubeconfig: Path) -> Scene:
-    world = Scene(client, kubeconfig)
-    await world.create_namespaces()
+async def scene(client: AsyncClient, cluster: Cluster) -> Scene:
+    world = Scene(client, cluster)
+    world.create_namespaces()
     return world
 
 

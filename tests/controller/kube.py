@@ -12,13 +12,21 @@ from typing import Any, TypeVar
 from gvirtus_kai_common.gvirtus import BACKEND_ANNOTATION, BACKEND_GATE
 from lightkube import ApiError, AsyncClient
 from lightkube.models.meta_v1 import ObjectMeta
-from lightkube.resources.core_v1 import ConfigMap, Event, Pod
+from lightkube.models.rbac_v1 import PolicyRule, RoleRef, Subject
+from lightkube.resources.core_v1 import ConfigMap, Event, Pod, ServiceAccount
 from lightkube.resources.discovery_v1 import EndpointSlice
+from lightkube.resources.rbac_authorization_v1 import (
+    ClusterRole,
+    ClusterRoleBinding,
+    Role,
+    RoleBinding,
+)
 
 from tests.controller.conftest import Scene
 
 T = TypeVar("T")
 WAIT = 20.0
+CONTROLLER_ACCOUNT = "gvirtus-controller"
 
 
 @dataclass(frozen=True)
@@ -168,3 +176,57 @@ async def pod_gone(client: AsyncClient, scene: Scene, name: str) -> bool:
     except ApiError as error:
         return error.status.code == 404
     return False
+
+
+async def grant_contract_rbac(client: AsyncClient, scene: Scene) -> None:
+    """The controller's ServiceAccount in the release namespace, bound to exactly the RBAC of
+    the contract (the chart renders the same; tests/cluster checks the chart's objects)."""
+    name = f"{scene.release}.controller"
+    account = ObjectMeta(name=CONTROLLER_ACCOUNT, namespace=scene.release)
+    await client.create(ServiceAccount(metadata=account))
+    subject = [Subject(kind="ServiceAccount", name=CONTROLLER_ACCOUNT, namespace=scene.release)]
+    await client.create(
+        ClusterRole(
+            metadata=ObjectMeta(name=name),
+            rules=[
+                PolicyRule(
+                    apiGroups=[""], resources=["pods"], verbs=["get", "list", "watch", "patch"]
+                ),
+                PolicyRule(apiGroups=[""], resources=["events"], verbs=["create", "patch"]),
+                PolicyRule(apiGroups=[""], resources=["pods/eviction"], verbs=["create"]),
+            ],
+        )
+    )
+    await client.create(
+        ClusterRoleBinding(
+            metadata=ObjectMeta(name=name),
+            roleRef=RoleRef(apiGroup="rbac.authorization.k8s.io", kind="ClusterRole", name=name),
+            subjects=subject,
+        )
+    )
+    await client.create(
+        Role(
+            metadata=account,
+            rules=[
+                PolicyRule(
+                    apiGroups=["discovery.k8s.io"],
+                    resources=["endpointslices"],
+                    verbs=["get", "list", "watch"],
+                ),
+                PolicyRule(
+                    apiGroups=["coordination.k8s.io"],
+                    resources=["leases"],
+                    verbs=["get", "create", "update"],
+                ),
+            ],
+        )
+    )
+    await client.create(
+        RoleBinding(
+            metadata=ObjectMeta(name=CONTROLLER_ACCOUNT, namespace=scene.release),
+            roleRef=RoleRef(
+                apiGroup="rbac.authorization.k8s.io", kind="Role", name=CONTROLLER_ACCOUNT
+            ),
+            subjects=subject,
+        )
+    )
