@@ -22,6 +22,7 @@ from lightkube.resources.policy_v1 import PodDisruptionBudget
 from lightkube.resources.scheduling_v1 import PriorityClass
 from lightkube.types import PatchType
 
+from tests.cluster.kube import NODES
 from tests.controller.conftest import Running, Scene, StartController
 from tests.controller.kube import (
     Ready,
@@ -446,3 +447,52 @@ async def test_a_gated_copy_of_an_assigned_pod_gets_a_backend_of_its_own(
 
     second = await assigned(client, scene, "copy")
     assert {first, second} == {"10.1.13.1:9999", "10.1.13.2:9999"}
+
+
+async def test_kube_scheduler_binds_the_pod_once_the_gate_is_gone(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await client.create(gated_pod(scene, "held"))
+    assert await eventually(
+        lambda: _scheduled_condition(client, scene, "held"), "the scheduler to see the gate"
+    ) == ("False", "SchedulingGated")
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.14.1")]))
+
+    await start_controller()
+
+    await assigned(client, scene, "held")
+    node = await eventually(lambda: _node_of(client, scene, "held"), "the pod bound to a node")
+    assert node in {spec.name for spec in NODES}
+
+
+async def test_kube_scheduler_honours_the_zone_the_controller_required(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    # No node of the test cluster is in this zone: the scheduler must say so, not bind the pod.
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.15.1", zone="zone-without-nodes")]))
+    await start_controller(policy="sameZone")
+    await client.create(gated_pod(scene, "zoned"))
+
+    await assigned(client, scene, "zoned")
+
+    async def unschedulable() -> tuple[str, str] | None:
+        condition = await _scheduled_condition(client, scene, "zoned")
+        return condition if condition == ("False", "Unschedulable") else None
+
+    await eventually(unschedulable, "the scheduler to find no node in the zone")
+    assert await _node_of(client, scene, "zoned") is None
+
+
+async def _scheduled_condition(
+    client: AsyncClient, scene: Scene, name: str
+) -> tuple[str, str] | None:
+    pod = await client.get(Pod, name, namespace=scene.apps)
+    for condition in (pod.status.conditions or []) if pod.status else []:
+        if condition.type == "PodScheduled":
+            return condition.status, condition.reason or ""
+    return None
+
+
+async def _node_of(client: AsyncClient, scene: Scene, name: str) -> str | None:
+    pod = await client.get(Pod, name, namespace=scene.apps)
+    return pod.spec.nodeName if pod.spec else None
