@@ -78,6 +78,17 @@ def labelled_pod(name: str, namespace: str, labels: Mapping[str, str] | None = N
     )
 
 
+def local_process_env(
+    settings: Mapping[str, str], kubeconfig: Path | None = None
+) -> dict[str, str]:
+    """The environment of a service run as a local process: the caller's, minus any
+    ``GVIRTUS_KAI_*`` it had, plus ``GVIRTUS_KAI_<KEY>`` for each setting and the kubeconfig."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
+    env.update({f"GVIRTUS_KAI_{key}": value for key, value in settings.items()})
+    env["KUBECONFIG"] = str(kubeconfig)
+    return env
+
+
 def ensure_namespace(cluster: Cluster, name: str, labels: Mapping[str, str] | None = None) -> None:
     """The namespace, once pods can be created in it (its ``default`` ServiceAccount exists)."""
     try:
@@ -191,7 +202,7 @@ class Release:
         address, the chart's settings and TLS Secret; return once the API server calls it."""
         self.work = work
         pods = wait_until(
-            lambda: self.cluster.pods(self.namespace, self.webhook_selector),
+            lambda: self.cluster.pods(self.namespace, self.selector("webhook")),
             "the webhook Deployment's pod",
         )
         for pod in pods:
@@ -207,10 +218,6 @@ class Release:
         """Mark the backend DaemonSet's pods Running and Ready, each with its own address from
         a documentation range (never dialled: only written into GVirtuS configurations); the
         addresses."""
-        selector = {
-            "app.kubernetes.io/instance": self.name,
-            "app.kubernetes.io/component": "backend",
-        }
         try:
             self.cluster.client.get(
                 DaemonSet, self.component_name("backend"), namespace=self.namespace
@@ -220,7 +227,8 @@ class Release:
                 return []
             raise
         pods = wait_until(
-            lambda: self.cluster.pods(self.namespace, selector), "the backend DaemonSet's pods"
+            lambda: self.cluster.pods(self.namespace, self.selector("backend")),
+            "the backend DaemonSet's pods",
         )
         addresses = []
         for number, pod in enumerate(pods, start=10):
@@ -235,14 +243,13 @@ class Release:
         """(Re)start the local process with the current Secret and settings."""
         assert self.work is not None
         self.stop_webhook()
-        tls = SecretVolume(self.work / f"{self.namespace}-webhook-tls")
+        tls = SecretVolume(self.work_file("webhook-tls"))
         secret = self.tls_secret()
         tls.write_files({"tls.crt": secret["tls.crt"], "tls.key": secret["tls.key"]})
         settings = self.webhook_settings()
         settings.update(TLS_CERT_FILE=str(tls.cert_file), TLS_KEY_FILE=str(tls.key_file))
-        log = (self.work / f"{self.namespace}-webhook.log").open("ab")
-        self.webhook = start_webhook(settings, stderr=log)
-        log.close()
+        with self.work_file("webhook.log").open("ab") as log:
+            self.webhook = start_webhook(settings, stderr=log)
         wait_until(self._webhook_ready, "the local webhook process to answer /readyz")
         backend = settings["BACKEND_HOST"].split(".")
         self.cluster.publish_service(backend[1], backend[0])
@@ -259,15 +266,12 @@ class Release:
             if error.status.code == 404:  # controller.enabled=false
                 return None
             raise
-        assert self.work is not None
         settings = self.settings_of(Deployment, "controller", pod_name=f"{name}-local")
         health_port = free_port_on_all_addresses()
         # The chart's health port is a container port; locally, a free loopback port serves.
         settings.update(HEALTH_HOST="127.0.0.1", HEALTH_PORT=str(health_port))
-        env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
-        env.update({f"GVIRTUS_KAI_{key}": value for key, value in settings.items()})
-        env["KUBECONFIG"] = str(self.cluster.token_for(self.namespace, name))
-        with (self.work / f"{self.namespace}-controller.log").open("ab") as log:
+        env = local_process_env(settings, self.cluster.token_for(self.namespace, name))
+        with self.work_file("controller.log").open("ab") as log:
             self.controller = subprocess.Popen(
                 [str(Path(sys.executable).with_name("gvirtus-controller"))],
                 env=env,
@@ -278,7 +282,7 @@ class Release:
         def ready() -> bool:
             assert self.controller is not None
             if self.controller.poll() is not None:
-                log_text = (self.work_file("controller.log")).read_text(errors="replace")
+                log_text = self.work_file("controller.log").read_text(errors="replace")
                 raise AssertionError(f"gvirtus-controller exited: {log_text[-2000:]}")
             try:
                 answer = httpx.get(f"http://127.0.0.1:{health_port}/readyz", timeout=2.0)
@@ -308,9 +312,9 @@ class Release:
             self.webhook.stop()
             self.webhook = None
 
-    @property
-    def webhook_selector(self) -> dict[str, str]:
-        return {"app.kubernetes.io/instance": self.name, "app.kubernetes.io/component": "webhook"}
+    def selector(self, component: str) -> dict[str, str]:
+        """The labels selecting a component's pods of this release."""
+        return {"app.kubernetes.io/instance": self.name, "app.kubernetes.io/component": component}
 
     def _client_context(self) -> ssl.SSLContext:
         return ssl.create_default_context(cadata=self.tls_secret()["ca.crt"].decode())
@@ -334,9 +338,8 @@ class Release:
             return False
 
     def webhook_log_tail(self, lines: int = 20) -> str:
-        assert self.work is not None
-        path = self.work / f"{self.namespace}-webhook.log"
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        text = self.work_file("webhook.log").read_text(errors="replace")
+        return "\n".join(text.splitlines()[-lines:])
 
     def admissions(self) -> float:
         """Admission reviews the webhook has answered, from its Prometheus metrics."""

@@ -15,13 +15,9 @@ from tests.cluster.release import Release
 
 def nodes_of(cluster: Cluster, release: Release, component: str, count: int) -> list[str]:
     """The nodes of a component's DaemonSet pods, once ``count`` exist and all are bound."""
-    selector = {
-        "app.kubernetes.io/instance": release.name,
-        "app.kubernetes.io/component": component,
-    }
 
     def bound() -> list[str] | None:
-        pods = cluster.pods(release.namespace, selector)
+        pods = cluster.pods(release.namespace, release.selector(component))
         nodes = [pod.spec.nodeName for pod in pods if pod.spec is not None and pod.spec.nodeName]
         return sorted(nodes) if len(nodes) >= count and len(nodes) == len(pods) else None
 

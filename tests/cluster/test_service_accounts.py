@@ -4,7 +4,6 @@ server; and the labeler process doing its job with nothing but its own account's
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
 import sys
@@ -25,7 +24,7 @@ from lightkube.resources.core_v1 import Node, Secret, ServiceAccount
 from lightkube.types import PatchType
 
 from tests.cluster.kube import BACKEND, FRONTEND, Cluster, errors_of, wait_until
-from tests.cluster.release import Release, ensure_namespace
+from tests.cluster.release import Release, ensure_namespace, local_process_env
 
 LABELER = str(Path(sys.executable).with_name("gvirtus-labeler"))
 
@@ -155,6 +154,28 @@ def test_the_rules_review_sees_what_the_labeler_account_holds_beyond_the_baselin
     assert extra == {("", "nodes", verb) for verb in ("get", "list", "patch", "watch")}
 
 
+# -- the controller --------------------------------------------------------------------------------
+
+
+def test_the_controller_account_holds_exactly_the_placement_contract(
+    cluster: Cluster, release: Release, baseline: Client
+) -> None:
+    controller = client_of(cluster, release, "controller")
+    anywhere = {("", "pods", verb) for verb in ("get", "list", "watch", "patch")}
+    anywhere |= {("", "events", "create"), ("", "events", "patch")}
+    in_release_namespace = {
+        ("discovery.k8s.io", "endpointslices", verb) for verb in ("get", "list", "watch")
+    }
+
+    def extra(namespace: str) -> set[tuple[str, str, str]]:
+        granted = set(resource_rules(controller, namespace))
+        return granted - set(resource_rules(baseline, namespace))
+
+    # Defaults: one replica (no Lease), onBackendLoss keep (no evictions).
+    assert extra("default") == anywhere
+    assert extra(release.namespace) == anywhere | in_release_namespace
+
+
 # -- the labeler process with its own token --------------------------------------------------------
 
 
@@ -179,9 +200,8 @@ def test_the_labeler_process_labels_a_node_keeps_the_operators_value_and_restore
     settings = release.settings_of(DaemonSet, "labeler", node_name=operator_node)
     # The chart's health port is a container port; locally any free loopback port serves.
     settings.update(HEALTH_HOST="127.0.0.1", HEALTH_PORT="0")
-    env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
-    env.update({f"GVIRTUS_KAI_{key}": value for key, value in settings.items()})
-    env["KUBECONFIG"] = str(cluster.token_for(release.namespace, release.component_name("labeler")))
+    kubeconfig = cluster.token_for(release.namespace, release.component_name("labeler"))
+    env = local_process_env(settings, kubeconfig)
     log = tmp_path / "labeler.log"
     with log.open("wb") as output:
         process = subprocess.Popen([LABELER], env=env, stderr=output, start_new_session=True)
