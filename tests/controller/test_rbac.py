@@ -3,8 +3,10 @@ run with a ServiceAccount bound to exactly that, it assigns, reports, elects and
 
 from __future__ import annotations
 
+import pytest
 from lightkube import AsyncClient
 from lightkube.resources.discovery_v1 import EndpointSlice
+from lightkube.resources.rbac_authorization_v1 import RoleBinding
 
 from tests.controller.conftest import Scene, StartController
 from tests.controller.kube import (
@@ -43,3 +45,24 @@ async def test_the_contracts_rbac_is_enough_to_assign_elect_report_and_evict(
 
     await eventually(lambda: pod_gone(client, scene, "p"), "the pod evicted")
     assert running.sample("gvirtus_controller_api_errors_total", verb="watch", code="403") == 0
+
+
+async def test_a_missing_permission_is_named_and_the_controller_stays_unready(
+    client: AsyncClient,
+    scene: Scene,
+    start_controller: StartController,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    await grant_contract_rbac(client, scene)
+    await client.delete(RoleBinding, CONTROLLER_ACCOUNT, namespace=scene.release)
+    identity = scene.cluster.token_for(scene.release, CONTROLLER_ACCOUNT)
+
+    running = await start_controller(as_user=identity)
+
+    async def named() -> bool:
+        return any(
+            "needs 'list' on 'endpointslices'" in record.getMessage() for record in caplog.records
+        )
+
+    await eventually(named, "the missing permission in the log")
+    assert not running.controller.ready()

@@ -158,6 +158,7 @@ class Controller:
         backoff = Backoff(initial=0.2, maximum=30.0)
         version: str | None = None
         while True:
+            verb = "list" if version is None else "watch"
             try:
                 if version is None:
                     listing = self._client.list(
@@ -169,6 +170,7 @@ class Controller:
                     self._listed.add(resource_name)
                     self._after_list()
                     backoff.reset()
+                verb = "watch"
                 events: AsyncIterable[tuple[str, R]] = self._client.watch(
                     resource, namespace=namespace, labels=labels, resource_version=version
                 )
@@ -195,9 +197,9 @@ class Controller:
                     version = None
                     await asyncio.sleep(backoff.next_delay())
                     continue
-                await self._api_failed("watch", resource_name, code, str(error), backoff)
+                await self._api_failed(verb, resource_name, code, str(error), backoff)
             except httpx2.HTTPError as error:
-                await self._api_failed("watch", resource_name, None, str(error), backoff)
+                await self._api_failed(verb, resource_name, None, str(error), backoff)
 
     async def _api_failed(
         self, verb: str, resource: str, code: int | None, message: str, backoff: Backoff
@@ -205,16 +207,20 @@ class Controller:
         self.metrics.api_errors.labels(verb, str(code or "connection")).inc()
         self.metrics.watch_restarts.labels(resource, "error").inc()
         delay = backoff.next_delay()
-        log.warning(
-            "kubernetes API call failed; retrying",
-            extra={
-                "verb": verb,
-                "resource": resource,
-                "code": code or "connection",
-                "error": message[:300],
-                "retry_in_seconds": round(delay, 3),
-            },
-        )
+        details = {
+            "verb": verb,
+            "resource": resource,
+            "code": code or "connection",
+            "error": message[:300],
+            "retry_in_seconds": round(delay, 3),
+        }
+        if code == 403:
+            log.error(
+                f"forbidden: the controller's ServiceAccount needs '{verb}' on '{resource}'",
+                extra=details,
+            )
+        else:
+            log.warning("kubernetes API call failed; retrying", extra=details)
         await asyncio.sleep(delay)
 
     def _after_list(self) -> None:
