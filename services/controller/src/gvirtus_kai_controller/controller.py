@@ -45,6 +45,8 @@ TICK_SECONDS = 1.0
 # Waiting pods are told why at most this often (one pass over the queue).
 TELL_INTERVAL_SECONDS = 0.5
 EVICTION_RETRY_SECONDS = 10.0
+# On stop, writes in flight (patches, Events, evictions) get this long to be answered.
+STOP_GRACE_SECONDS = 3.0
 LIST_CHUNK = 500
 
 # The two kinds watched; constrained so each use is checked as Pod and as EndpointSlice.
@@ -136,10 +138,19 @@ class Controller:
             await asyncio.gather(*self._running, return_exceptions=True)
 
     async def stop(self) -> None:
-        """After ``run`` was cancelled: let in-flight writes finish, then give up the Lease."""
+        """After ``run`` was cancelled: give in-flight writes a moment, then give up the Lease.
+
+        Writes still unanswered after that are abandoned: an assignment patch is conditional,
+        so a half-done one is simply redone by the next leader from the pods' state.
+        """
         pending = list(self._tasks)
         if pending:
-            await asyncio.wait(pending, timeout=5.0)
+            _, unfinished = await asyncio.wait(pending, timeout=STOP_GRACE_SECONDS)
+            for task in unfinished:
+                task.cancel()
+            await asyncio.gather(*unfinished, return_exceptions=True)
+            if unfinished:
+                log.info("stopping with writes unfinished", extra={"writes": len(unfinished)})
         if self._elector is not None:
             await self._elector.release()
 
