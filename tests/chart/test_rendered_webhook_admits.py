@@ -62,9 +62,8 @@ async def _review_and_answer(
     settings, review = _rendered_webhook(scenario, dns_server, monkeypatch)
     metrics = WebhookMetrics()
     reviewer = AdmissionReviewer(settings, BackendResolver(settings, metrics), metrics)
-    reply = await reviewer.review(json.dumps(review).encode())
-    assert reply.status == 200
-    response: dict[str, Any] = json.loads(reply.body)["response"]
+    answer = await reviewer.review(json.dumps(review).encode())
+    response: dict[str, Any] = answer.response.model_dump(mode="json", exclude_none=True)
     return review, response
 
 

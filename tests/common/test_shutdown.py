@@ -5,9 +5,20 @@ from __future__ import annotations
 import asyncio
 import os
 import signal
+from collections.abc import Iterator
 
 import pytest
 from gvirtus_kai_common.shutdown import run_until_stopped
+
+
+@pytest.fixture(autouse=True)
+def restore_signal_dispositions() -> Iterator[None]:
+    """A stopped run_until_stopped leaves SIGTERM/SIGINT ignored (for the process's last steps);
+    the test process gets its own back."""
+    saved = {number: signal.getsignal(number) for number in (signal.SIGTERM, signal.SIGINT)}
+    yield
+    for number, disposition in saved.items():
+        signal.signal(number, disposition)
 
 
 def _signal_soon(number: signal.Signals) -> None:
@@ -81,10 +92,21 @@ async def test_a_service_that_outlives_the_grace_period_is_cancelled() -> None:
     assert cancelled.is_set()
 
 
-async def test_signal_handlers_are_removed_afterwards() -> None:
+async def test_signal_handlers_are_removed_when_the_service_returns() -> None:
     async def service() -> None:
         return None
 
     await run_until_stopped(service())
     loop = asyncio.get_running_loop()
     assert not loop.remove_signal_handler(signal.SIGTERM)
+
+
+async def test_a_second_signal_after_stopping_does_not_kill_the_process() -> None:
+    async def service() -> None:
+        await asyncio.sleep(3600)
+
+    _signal_soon(signal.SIGTERM)
+    await asyncio.wait_for(run_until_stopped(service()), 10)
+    os.kill(os.getpid(), signal.SIGTERM)  # would end the test run with the default action
+    await asyncio.sleep(0.05)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_IGN

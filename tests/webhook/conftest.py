@@ -11,7 +11,7 @@ import httpx
 import pytest
 import trustme
 from gvirtus_kai_webhook.admission import AdmissionReviewer
-from gvirtus_kai_webhook.app import WebhookApp
+from gvirtus_kai_webhook.app import build_app
 from gvirtus_kai_webhook.dns import BackendResolver
 from gvirtus_kai_webhook.metrics import WebhookMetrics
 from gvirtus_kai_webhook.settings import Settings
@@ -49,7 +49,8 @@ def settings_for(server: LoopbackDnsServer, **overrides: Any) -> Settings:
 
 
 class InProcessWebhook:
-    """The ASGI app with its own metrics, reached through httpx's in-process transport."""
+    """The FastAPI app with its own metrics, reached through httpx's in-process transport (the
+    HTTP parts are tested over HTTPS against the real process)."""
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
@@ -57,7 +58,7 @@ class InProcessWebhook:
         self.resolver = BackendResolver(settings, self.metrics)
         self.ready = True
         reviewer = AdmissionReviewer(settings, self.resolver, self.metrics)
-        self.app = WebhookApp(reviewer, self.metrics.registry, lambda: self.ready)
+        self.app = build_app(reviewer, self.metrics.registry, lambda: self.ready)
 
     def client(self) -> httpx.AsyncClient:
         transport = httpx.ASGITransport(app=self.app)

@@ -224,6 +224,38 @@ async def test_wrong_field_type_with_a_readable_uid_is_denied_naming_the_field(
     assert "request.operation" in result.status.message
 
 
+@pytest.mark.parametrize(
+    ("field", "value", "named"),
+    [
+        ("containers", ["app"], "spec.containers.0"),
+        ("containers", {"name": "app"}, "spec.containers"),
+        ("volumes", "gvirtus", "spec.volumes"),
+        ("nodeSelector", {"gvirtus.io/frontend.allowed": True}, "spec.nodeSelector"),
+    ],
+)
+async def test_a_pod_with_wrong_typed_fields_is_denied_with_400_not_patched(
+    client: httpx.AsyncClient, field: str, value: Any, named: str
+) -> None:
+    document = review_document()
+    document["request"]["object"]["spec"][field] = value
+    result = answer(await post_review(client, document)).response
+    assert (result.allowed, result.patch) == (False, None)
+    assert result.status is not None
+    assert result.status.code == 400
+    assert named in result.status.message
+
+
+async def test_a_container_with_a_wrong_typed_env_is_denied_naming_it(
+    client: httpx.AsyncClient,
+) -> None:
+    document = review_document()
+    document["request"]["object"]["spec"]["containers"][0]["env"] = "GVIRTUS_CONFIG=/x"
+    result = answer(await post_review(client, document)).response
+    assert result.status is not None
+    assert (result.allowed, result.status.code) == (False, 400)
+    assert "spec.containers.0.env" in result.status.message
+
+
 async def test_pod_create_without_object_is_denied(client: httpx.AsyncClient) -> None:
     document = review_document()
     del document["request"]["object"]

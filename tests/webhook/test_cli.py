@@ -155,9 +155,10 @@ def test_stdin_is_read_with_dash() -> None:
     assert len(out) == len(loaded_workloads())
 
 
-def test_empty_documents_are_dropped() -> None:
+def test_empty_documents_are_kept() -> None:
     text = "---\n---\n" + yaml.safe_dump(loaded_workloads()[0]) + "---\n"
-    assert inject("-f", "-", "--backend-address", BACKEND_IP, stdin=text) == loaded_workloads()[:1]
+    out = inject("-f", "-", "--backend-address", BACKEND_IP, stdin=text)
+    assert out == [None, loaded_workloads()[0], None]
 
 
 def test_output_injected_again_is_unchanged() -> None:
@@ -248,6 +249,7 @@ def test_an_unresolvable_backend_fails_naming_the_host(dns: LoopbackDnsServer) -
     assert result.returncode == 1
     assert f"cannot resolve the GVirtuS backend Service {BACKEND_HOST}" in result.stderr
     assert "NXDOMAIN" in result.stderr
+    assert "--backend-address" in result.stderr  # what to do outside the cluster
     assert result.stdout == ""
 
 
@@ -256,6 +258,51 @@ def test_no_lookup_happens_when_no_document_is_enabled(dns: LoopbackDnsServer) -
     out = inject("-f", "-", stdin=text, GVIRTUS_KAI_DNS_NAMESERVERS=dns.nameserver)
     assert out == loaded_workloads()[:1]
     assert dns.query_count(BACKEND_HOST) == 0
+
+
+# --- documents it does not change come out as they went in ----------------------------------
+
+UNCHANGED = """# a comment before anything
+apiVersion: v1
+kind: ConfigMap
+metadata: {name: "settings", labels: {tier: 'web'}}   # flow style, two kinds of quotes
+data:
+  answer: "42"
+---
+---
+"""
+ENABLED_POD = """apiVersion: v1
+kind: Pod
+metadata:
+  name: cuda
+  labels:
+    gvirtus.io/enabled: "true"
+spec:
+  containers:
+  - name: app
+    image: cuda
+    resources: {limits: {nvidia.com/gpu: 1}}
+"""
+TRAILER = """--- # the last one
+{"apiVersion": "v1", "kind": "Service", "metadata": {"name": "api"}}
+...
+"""
+
+
+def test_documents_it_does_not_change_pass_through_byte_for_byte() -> None:
+    text = UNCHANGED + ENABLED_POD + TRAILER
+    result = run("inject", "-f", "-", "--backend-address", BACKEND_IP, stdin=text)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith(UNCHANGED)
+    assert result.stdout.endswith(TRAILER)
+    pod = yaml.safe_load(result.stdout[len(UNCHANGED) : -len(TRAILER)])
+    assert PROPERTIES_ANNOTATION in pod["metadata"]["annotations"]
+
+
+def test_a_stream_with_nothing_to_inject_comes_out_unchanged() -> None:
+    text = UNCHANGED + TRAILER
+    result = run("inject", "-f", "-", "--backend-address", BACKEND_IP, stdin=text)
+    assert (result.returncode, result.stdout) == (0, text)
 
 
 # --- failures --------------------------------------------------------------------------------

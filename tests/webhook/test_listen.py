@@ -8,7 +8,7 @@ from collections.abc import Iterator
 import httpx
 import pytest
 import trustme
-from gvirtus_kai_webhook.server import ListenError, listening_sockets
+from gvirtus_kai_webhook.server import ListenError, listening_socket
 
 from tests.tlsfiles import VERIFIED_NAME, SecretVolume, client_context
 from tests.webhookproc import WebhookProcess, run_webhook_to_exit, start_webhook
@@ -42,11 +42,8 @@ def _accepts(listener: socket.socket, host: str) -> bool:
 
 @pytest.mark.parametrize("host", ["::", "0::0", "0:0:0:0:0:0:0:0"])
 def test_ipv6_any_address_accepts_both_families(host: str, listeners: list[socket.socket]) -> None:
-    sockets = listening_sockets(host, 0, BACKLOG)
-    assert sockets is not None
-    assert len(sockets) == 1
-    listeners.extend(sockets)
-    (listener,) = sockets
+    listener = listening_socket(host, 0, BACKLOG)
+    listeners.append(listener)
     listener.settimeout(10)
     assert listener.family == socket.AF_INET6
     assert listener.getsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY) == 0
@@ -55,25 +52,30 @@ def test_ipv6_any_address_accepts_both_families(host: str, listeners: list[socke
 
 
 def test_ipv6_any_listener_can_rebind_a_port_in_time_wait(listeners: list[socket.socket]) -> None:
-    sockets = listening_sockets("::", 0, BACKLOG)
-    assert sockets is not None
-    listeners.extend(sockets)
-    assert sockets[0].getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
+    listener = listening_socket("::", 0, BACKLOG)
+    listeners.append(listener)
+    assert listener.getsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR) != 0
 
 
-@pytest.mark.parametrize("host", ["0.0.0.0", "127.0.0.1", "::1", "fd00::1", "localhost"])
-def test_other_hosts_are_left_to_uvicorn_as_given(host: str) -> None:
-    assert listening_sockets(host, 0, BACKLOG) is None
+@pytest.mark.parametrize(
+    ("host", "family"), [("127.0.0.1", socket.AF_INET), ("::1", socket.AF_INET6)]
+)
+def test_other_hosts_are_bound_as_given(
+    host: str, family: socket.AddressFamily, listeners: list[socket.socket]
+) -> None:
+    listener = listening_socket(host, 0, BACKLOG)
+    listeners.append(listener)
+    listener.settimeout(10)
+    assert (listener.family, listener.getsockname()[0]) == (family, host)
+    assert _accepts(listener, host)
 
 
 def test_ipv6_any_on_a_node_without_ipv6_listens_on_ipv4(
     monkeypatch: pytest.MonkeyPatch, listeners: list[socket.socket]
 ) -> None:
     monkeypatch.setattr(socket, "has_dualstack_ipv6", lambda: False)
-    sockets = listening_sockets("::", 0, BACKLOG)
-    assert sockets is not None
-    listeners.extend(sockets)
-    (listener,) = sockets
+    listener = listening_socket("::", 0, BACKLOG)
+    listeners.append(listener)
     listener.settimeout(10)
     assert listener.family == socket.AF_INET
     assert listener.getsockname()[0] == "0.0.0.0"
@@ -84,7 +86,7 @@ def test_ipv6_any_on_a_taken_port_raises_naming_the_address() -> None:
     with socket.create_server(("::", 0), family=socket.AF_INET6, dualstack_ipv6=True) as taken:
         port = taken.getsockname()[1]
         with pytest.raises(ListenError, match=rf"\[::\]:{port}: .*already in use"):
-            listening_sockets("::", port, BACKLOG)
+            listening_socket("::", port, BACKLOG)
 
 
 # --- the real process ------------------------------------------------------------------------

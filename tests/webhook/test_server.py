@@ -171,7 +171,7 @@ def test_each_admission_is_one_json_log_line(running: RunningWebhook) -> None:
 def test_no_access_log_lines(running: RunningWebhook) -> None:
     with running.client() as client:
         running.process.get(client, "/healthz")
-    assert not [line for line in running.log_lines() if "uvicorn.access" in str(line["logger"])]
+    assert not [line for line in running.log_lines() if "access" in str(line["logger"])]
 
 
 # --- process life cycle ----------------------------------------------------------------------
@@ -203,6 +203,53 @@ def test_review_in_flight_at_sigterm_is_still_answered(
     assert webhook.process.stop() == 0
 
 
+def idle_keep_alive_client(webhook: RunningWebhook) -> ssl.SSLSocket:
+    """A TLS connection that made one request and now sits idle, as the API server keeps them."""
+    raw = socket.create_connection(("127.0.0.1", webhook.process.port), timeout=10)
+    tls = client_context(webhook.ca).wrap_socket(raw, server_hostname=SERVICE_DNS_NAMES[2])
+    tls.sendall(b"GET /healthz HTTP/1.1\r\nHost: webhook\r\n\r\n")
+    assert tls.recv(4096).startswith(b"HTTP/1.1 200")
+    return tls
+
+
+def seconds_to_exit_after_sigterm(webhook: RunningWebhook) -> float:
+    started = time.monotonic()
+    webhook.process.process.send_signal(signal.SIGTERM)
+    assert webhook.process.process.wait(30) == 0
+    return time.monotonic() - started
+
+
+def test_sigterm_with_an_idle_keep_alive_client_exits_at_once(
+    tmp_path: Path, test_ca: trustme.CA, dns_server: LoopbackDnsServer
+) -> None:
+    webhook = launch(tmp_path, test_ca, dns_server)
+    with idle_keep_alive_client(webhook):
+        elapsed = seconds_to_exit_after_sigterm(webhook)
+    # The figure is in make bench (target 1 s); a shared machine gets slack here.
+    assert elapsed < 3.0  # was the whole 10 s grace period
+
+
+def test_readiness_turns_503_while_requests_are_served_through_the_shutdown_delay(
+    tmp_path: Path, test_ca: trustme.CA, dns_server: LoopbackDnsServer
+) -> None:
+    webhook = launch(tmp_path, test_ca, dns_server, SHUTDOWN_DELAY_SECONDS="3")
+    body = json.dumps(review_document()).encode()
+    with webhook.client() as kept_alive:
+        assert webhook.process.get(kept_alive, "/readyz").status_code == 200
+        webhook.process.process.send_signal(signal.SIGTERM)
+        deadline = time.monotonic() + 2.5
+        while webhook.process.get(kept_alive, "/readyz").status_code != 503:
+            assert time.monotonic() < deadline, "readiness never turned 503"
+            time.sleep(0.05)
+        # Still serving: on the open connection and on a new one.
+        assert webhook.process.post(kept_alive, "/mutate", body).status_code == 200
+        with webhook.client() as fresh:
+            assert webhook.process.post(fresh, "/mutate", body).status_code == 200
+    assert webhook.process.process.wait(30) == 0
+    with webhook.client() as late, pytest.raises(httpx.ConnectError):
+        webhook.process.get(late, "/readyz")
+
+
 def test_invalid_setting_exits_2_naming_the_variable() -> None:
     done = run_webhook_to_exit({"LISTEN_PORT": "99999"})
     assert done.returncode == 2
@@ -210,23 +257,23 @@ def test_invalid_setting_exits_2_naming_the_variable() -> None:
     assert "Traceback" not in done.stderr
 
 
-def test_missing_certificate_exits_1_naming_the_file(tmp_path: Path) -> None:
+def test_missing_certificate_exits_2_naming_the_file(tmp_path: Path) -> None:
     done = run_webhook_to_exit(
         {
             "TLS_CERT_FILE": str(tmp_path / "absent.crt"),
             "TLS_KEY_FILE": str(tmp_path / "absent.key"),
         }
     )
-    assert done.returncode == 1
+    assert done.returncode == 2
     assert "absent.crt" in done.stderr
     assert "Traceback" not in done.stderr
 
 
-def test_log_lines_carry_no_terminal_colour_codes(running: RunningWebhook) -> None:
-    lines = running.log_lines()
-    assert any(line["logger"] == "uvicorn.error" for line in lines)
-    assert all("color_message" not in line for line in lines)
-    assert "\x1b[" not in running.log_file.read_text()
+def test_every_log_line_is_json_without_terminal_colour_codes(running: RunningWebhook) -> None:
+    text = running.log_file.read_text()
+    lines = running.log_lines()  # raises if a line is not JSON
+    assert any(line["msg"] == "serving HTTPS" for line in lines)
+    assert "\x1b[" not in text
 
 
 def test_port_in_use_exits_non_zero_naming_the_address(secret_volume: SecretVolume) -> None:
@@ -242,7 +289,7 @@ def test_port_in_use_exits_non_zero_naming_the_address(secret_volume: SecretVolu
                 "TLS_KEY_FILE": str(secret_volume.key_file),
             }
         )
-    assert done.returncode != 0
-    assert f"('127.0.0.1', {port})" in done.stderr
-    assert "address already in use" in done.stderr
+    assert done.returncode == 1
+    assert f"cannot listen on 127.0.0.1:{port}" in done.stderr
+    assert "address already in use" in done.stderr.lower()
     assert "Traceback" not in done.stderr

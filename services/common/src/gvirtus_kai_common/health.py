@@ -13,10 +13,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections.abc import Callable
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
+
+from gvirtus_kai_common.connections import ConnectionLimit, within_descriptor_limit
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,6 @@ HealthCheck = Callable[[], bool]
 MAX_HEAD_BYTES = 8 * 1024  # a probe or a scrape sends a few hundred bytes
 REQUEST_TIMEOUT_SECONDS = 5.0  # from connect to the answer written
 MAX_CONNECTIONS = 64
-REFUSAL_LOG_INTERVAL_SECONDS = 10.0  # a connection flood logs one warning per interval
 
 _HEAD_END = b"\r\n\r\n"
 
@@ -54,16 +54,13 @@ class HealthServer:
         self._is_healthy = is_healthy
         self._is_ready = is_ready if is_ready is not None else is_healthy
         self._registry = registry if registry is not None else CollectorRegistry()
-        self._max_connections = max_connections
         self._request_timeout = request_timeout
-        self._open = 0
-        self._refused_since_warning = 0
-        self._last_warning = float("-inf")
-        self._refused = Counter(
+        refused = Counter(
             "gvirtus_health_connections_refused",
             "Connections to the health and metrics port closed at once: too many were open.",
             registry=self._registry,
         )
+        self._limit = ConnectionLimit(within_descriptor_limit(max_connections), refused, "health")
         self._server: asyncio.Server | None = None
 
     @property
@@ -87,11 +84,9 @@ class HealthServer:
             self._server = None
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        if self._open >= self._max_connections:
-            self._refuse()
+        if not self._limit.admit():
             writer.transport.abort()
             return
-        self._open += 1
         try:
             async with asyncio.timeout(self._request_timeout):
                 try:
@@ -113,20 +108,8 @@ class HealthServer:
             # A slow, idle or vanished client: drop it, with anything it has not read.
             writer.transport.abort()
         finally:
-            self._open -= 1
+            self._limit.release()
             writer.close()
-
-    def _refuse(self) -> None:
-        self._refused.inc()
-        self._refused_since_warning += 1
-        now = time.monotonic()
-        if now - self._last_warning >= REFUSAL_LOG_INTERVAL_SECONDS:
-            log.warning(
-                "too many connections to the health port; closing new ones",
-                extra={"open": self._open, "refused": self._refused_since_warning},
-            )
-            self._last_warning = now
-            self._refused_since_warning = 0
 
     def _respond(self, request_line: bytes) -> tuple[str, str, bytes]:
         parts = request_line.decode("latin-1").split()

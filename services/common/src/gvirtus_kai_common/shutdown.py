@@ -25,7 +25,9 @@ async def run_until_stopped(
     On SIGTERM/SIGINT (Kubernetes sends SIGTERM on pod stop) ``drain()`` is awaited, when given,
     to let the service finish its work; then the service gets ``grace_seconds`` to return before
     it is cancelled. Without ``drain`` the service is cancelled, so it cleans up in ``finally``.
-    An exception of the service propagates.
+    An exception of the service propagates. After a signal, SIGTERM and SIGINT stay ignored: the
+    stop they ask for is under way, and a repeat during the process's last steps must not turn
+    a clean exit into a kill.
     """
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
@@ -54,5 +56,7 @@ async def run_until_stopped(
         stopping.cancel()
         for number in signals:
             loop.remove_signal_handler(number)
+            if stop.is_set():
+                signal.signal(number, signal.SIG_IGN)
         if not work.done():  # we were cancelled ourselves
             work.cancel()

@@ -2,7 +2,9 @@
 
 Reads multi-document YAML, mutates every Pod and workload pod template that carries the
 ``gvirtus.io/enabled: "true"`` label (on the pod template, exactly what the webhook would see) and
-writes the result to stdout. Nothing is written unless every document succeeded.
+writes the result to stdout. Documents it does not change come out byte for byte as they went in
+(quotes, comments, flow style, ``---`` lines and empty documents kept). Nothing is written unless
+every document succeeded.
 
 Exit codes: 0 success, 1 an input, DNS or mutation error, 2 bad command-line usage or settings.
 """
@@ -13,6 +15,7 @@ import argparse
 import asyncio
 import ipaddress
 import os
+import re
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -108,6 +111,7 @@ def build_parser() -> argparse.ArgumentParser:
 class _Report:
     errors: list[str] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
+    changed: set[int] = field(default_factory=set)  # indices of the documents patched
 
 
 def _label(index: int, site: PodSite) -> str:
@@ -148,7 +152,9 @@ def inject(documents: list[Any], settings: Settings, backend_address: str | None
         try:
             backend_address = asyncio.run(BackendResolver(settings).resolve())
         except BackendResolutionError as exc:
-            report.errors.append(str(exc))
+            report.errors.append(
+                f"{exc}; outside the cluster, give the backend's IP with --backend-address"
+            )
             return report
     for index, site in sites:
         try:
@@ -157,24 +163,70 @@ def inject(documents: list[Any], settings: Settings, backend_address: str | None
             report.errors.append(f"{_label(index, site)}: {exc}")
             continue
         apply_patch(site.pod, mutation.patch)
+        if mutation.patch:
+            report.changed.add(index)
         report.warnings.extend(f"{_label(index, site)}: {w}" for w in mutation.warnings)
     return report
 
 
-def load(text: str) -> list[Any]:
-    """The documents of a multi-document YAML text, without empty ones."""
-    return [d for d in yaml.load_all(text, Loader=_SafeLoader) if d is not None]
+# A document marker: "---" or "..." at the start of a line, alone or followed by a space.
+_MARKER = re.compile(r"^(?:---|\.\.\.)(?=[ \t\r\n]|$)", re.MULTILINE)
 
 
-def dump(documents: Sequence[Any]) -> str:
-    return yaml.dump_all(
-        documents,
+@dataclass
+class _Source:
+    """One document as written: its ``---`` line (if any), its text, and what it holds."""
+
+    marker: str
+    text: str
+    document: Any
+
+
+def split_documents(text: str) -> list[_Source]:
+    """The documents of a YAML stream with the text each came from (empty ones included).
+
+    Raises ``yaml.YAMLError`` for the stream as a whole, so the position it names is right.
+    """
+    list(yaml.load_all(text, Loader=_SafeLoader))
+    starts = [match.start() for match in _MARKER.finditer(text) if text[match.start()] == "-"]
+    bounds = [0, *starts] if not starts or starts[0] != 0 else starts
+    sources = []
+    for begin, end in zip(bounds, [*bounds[1:], len(text)], strict=True):
+        chunk = text[begin:end]
+        marker = ""
+        if chunk.startswith("---"):
+            newline = chunk.find("\n")
+            marker = chunk if newline < 0 else chunk[: newline + 1]
+        body = chunk[len(marker) :]
+        document = yaml.load(marker[3:] + body, Loader=_SafeLoader)  # noqa: S506 - safe loader
+        sources.append(_Source(marker, body, document))
+    return sources
+
+
+def dump(document: Any) -> str:
+    return yaml.dump(
+        document,
         Dumper=_ManifestDumper,
         sort_keys=False,  # keep the author's key order
-        explicit_start=len(documents) > 1,
         width=1 << 20,  # never fold long values such as the properties JSON
         allow_unicode=True,
     )
+
+
+def render(sources: Sequence[_Source], changed: set[int]) -> str:
+    """The stream again: changed documents re-serialized, every other byte as it was."""
+    parts = []
+    index = 0  # counts documents that hold something, as the messages do
+    for source in sources:
+        if source.document is None:
+            parts.append(source.marker + source.text)
+            continue
+        if index in changed:
+            parts.append(("---\n" if source.marker else "") + dump(source.document))
+        else:
+            parts.append(source.marker + source.text)
+        index += 1
+    return "".join(parts)
 
 
 def run_inject(
@@ -191,11 +243,12 @@ def run_inject(
         print(f"error: cannot read {args.filename}: {exc}", file=stderr)
         return EXIT_FAILED
     try:
-        documents = load(text)
+        sources = split_documents(text)
     except yaml.YAMLError as exc:
         print(f"error: {args.filename} is not valid YAML: {exc}", file=stderr)
         return EXIT_FAILED
 
+    documents = [source.document for source in sources if source.document is not None]
     report = inject(documents, settings, args.backend_address)
     for warning in report.warnings:
         print(f"warning: {warning}", file=stderr)
@@ -203,7 +256,7 @@ def run_inject(
         for error in report.errors:
             print(f"error: {error}", file=stderr)
         return EXIT_FAILED
-    stdout.write(dump(documents))
+    stdout.write(render(sources, report.changed))
     stdout.flush()
     return EXIT_OK
 

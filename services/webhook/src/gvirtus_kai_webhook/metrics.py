@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from enum import StrEnum
 
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 
 class Outcome(StrEnum):
@@ -32,7 +32,7 @@ _LATENCY_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 
 
 class WebhookMetrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
-        self.registry = registry or CollectorRegistry(auto_describe=True)
+        self.registry = registry if registry is not None else CollectorRegistry()
         self.admissions = Counter(
             "gvirtus_webhook_admissions",
             "Admission reviews answered, by outcome.",
@@ -66,6 +66,16 @@ class WebhookMetrics:
             "gvirtus_webhook_tls_reloads",
             "Serving certificate reloads after the files changed, by result.",
             ["result"],
+            registry=self.registry,
+        )
+        self.connections_open = Gauge(
+            "gvirtus_webhook_connections_open",
+            "HTTPS connections open now (idle keep-alive ones included).",
+            registry=self.registry,
+        )
+        self.connections_refused = Counter(
+            "gvirtus_webhook_connections_refused",
+            "HTTPS connections closed at once because GVIRTUS_KAI_MAX_CONNECTIONS were open.",
             registry=self.registry,
         )
         # Export every series from the start, so dashboards and alerts see zeros, not gaps.

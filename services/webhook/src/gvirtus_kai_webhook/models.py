@@ -1,4 +1,5 @@
-"""Typed wire models: AdmissionReview (v1 and v1beta1) and JSON Patch (RFC 6902) operations.
+"""Typed wire models: AdmissionReview (v1 and v1beta1), JSON Patch (RFC 6902), error bodies, and
+the shape of the pod fields the mutation reads.
 
 Lenient on input (unknown fields are kept, not rejected) and strict on the fields we read.
 """
@@ -7,7 +8,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, JsonValue
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter
 
 ADMISSION_VERSIONS = ("admission.k8s.io/v1", "admission.k8s.io/v1beta1")
 
@@ -64,33 +65,34 @@ class AdmissionReviewResponse(_Strict):
     response: AdmissionResponse
 
 
-class AddOperation(BaseModel):
+class ErrorBody(_Strict):
+    """The answer to a request that carries no usable AdmissionReview (no uid to answer)."""
+
+    code: int
+    message: str
+
+
+class AddOperation(_Strict):
     op: Literal["add"] = "add"
     path: str
-    value: JsonValue
+    value: Any  # any JSON document
 
 
-class ReplaceOperation(BaseModel):
+class ReplaceOperation(_Strict):
     op: Literal["replace"] = "replace"
     path: str
-    value: JsonValue
+    value: Any  # any JSON document
 
 
-class RemoveOperation(BaseModel):
+class RemoveOperation(_Strict):
     op: Literal["remove"] = "remove"
     path: str
 
 
-class TestOperation(BaseModel):
-    __test__ = False  # not a pytest test class
-    op: Literal["test"] = "test"
-    path: str
-    value: JsonValue
-
-
 JsonPatchOperation = Annotated[
-    AddOperation | ReplaceOperation | RemoveOperation | TestOperation, Field(discriminator="op")
+    AddOperation | ReplaceOperation | RemoveOperation, Field(discriminator="op")
 ]
+JsonPatch = TypeAdapter(list[JsonPatchOperation])
 
 
 def escape_pointer_token(token: str) -> str:
@@ -101,3 +103,51 @@ def escape_pointer_token(token: str) -> str:
 def json_pointer(*tokens: str | int) -> str:
     """Build a JSON Pointer from raw path tokens, e.g. ("metadata", "labels", "gvirtus.io/x")."""
     return "".join("/" + escape_pointer_token(str(t)) for t in tokens)
+
+
+# --- the pod fields the mutation reads, with the types it relies on ----------------------------
+# Checked before a pod is mutated, so a wrong-typed pod (``containers: ["app"]``) is refused with
+# a message naming the field instead of getting a patch that cannot apply. Only these fields are
+# checked; anything else in the pod is left to the API server.
+
+
+class _Shape(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+
+Quantity = str | int | float
+
+
+class _Resources(_Shape):
+    limits: dict[str, Quantity] | None = None
+    requests: dict[str, Quantity] | None = None
+
+
+class _SecurityContext(_Shape):
+    readOnlyRootFilesystem: bool | None = None
+
+
+class _Container(_Shape):
+    name: str = ""
+    command: list[str] | None = None
+    env: list[dict[str, Any]] | None = None
+    volumeMounts: list[dict[str, Any]] | None = None
+    resources: _Resources | None = None
+    securityContext: _SecurityContext | None = None
+
+
+class _PodSpec(_Shape):
+    containers: list[_Container] | None = None
+    initContainers: list[_Container] | None = None
+    volumes: list[dict[str, Any]] | None = None
+    nodeSelector: dict[str, str] | None = None
+
+
+class _ObjectMeta(_Shape):
+    labels: dict[str, str] | None = None
+    annotations: dict[str, str] | None = None
+
+
+class PodShape(_Shape):
+    metadata: _ObjectMeta | None = None
+    spec: _PodSpec | None = None

@@ -1,9 +1,7 @@
 """The pod mutation: pure functions shared by the webhook and the ``gvirtus-kai inject`` CLI.
 
-CONTRACT (owned by the mutation work; the server codes against it):
-- ``is_enabled(pod, settings)``: the pod carries ``<settings.enable_label>: "true"``.
-- ``mutate_pod(pod, settings, backend_address)``: the JSON Patch and warnings for one pod dict,
-  raising ``MutationDenied`` with a user-facing message when the pod cannot be mutated.
+``mutate_pod(pod, settings, backend_address)`` returns the JSON Patch and warnings for one pod,
+or raises ``MutationDenied`` with a message for the user.
 
 The patch reconciles: it is computed from what the pod already holds, so a pod that carries our
 own earlier output yields an empty patch, and a stale earlier output (another backend address,
@@ -18,14 +16,16 @@ import posixpath
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Literal, NamedTuple, TypeGuard
 
 from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION, properties_json
+from gvirtus_kai_common.logs import clip
+from pydantic import ValidationError
 
 from .models import (
     AddOperation,
     JsonPatchOperation,
+    PodShape,
     RemoveOperation,
     ReplaceOperation,
     json_pointer,
@@ -57,7 +57,7 @@ class MutationDenied(Exception):
 
 @dataclass(frozen=True)
 class Mutation:
-    """A pod's JSON Patch and warnings. Read-only: operations are shared between results."""
+    """A pod's JSON Patch and warnings."""
 
     patch: list[JsonPatchOperation] = field(default_factory=list)
     warnings: list[str] = field(default_factory=list)
@@ -82,7 +82,6 @@ class _Plan:
     selector_value: str
 
 
-@lru_cache(maxsize=64)
 def _plan(settings: Settings, backend_address: str) -> _Plan:
     # GVirtuS only accepts an IP in server_address; a host name here is a caller bug.
     address = str(ipaddress.ip_address(backend_address))
@@ -103,7 +102,6 @@ def config_path(home: str) -> str:
     return posixpath.join(home, "etc", PROPERTIES_FILE)
 
 
-@lru_cache(maxsize=256)
 def sed_script(address: str, port: str, home: str) -> str:
     """Shell script that points ``<home>/etc/properties.json`` at the backend, then execs "$@"."""
     # '|' as the sed delimiter: neither IPv4 nor IPv6 addresses contain it. The port pattern
@@ -132,7 +130,7 @@ def is_sed_wrapped(command: object) -> TypeGuard[list[Any]]:
     )
 
 
-class _Target(NamedTuple):  # a tuple: built for every target of every review, cheap to make
+class _Target(NamedTuple):
     list_name: str  # "containers" or "initContainers"
     position: int  # in its list ("index" would shadow tuple.index)
     container: Mapping[str, Any]
@@ -146,6 +144,7 @@ class _Target(NamedTuple):  # a tuple: built for every target of every review, c
 
 
 def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str) -> Mutation:
+    _check_shape(pod)
     plan = _plan(settings, backend_address)
     metadata = pod.get("metadata")
     annotations = _mapping(_mapping(metadata).get("annotations"))
@@ -197,6 +196,22 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str)
 
 # --- decisions that may deny -----------------------------------------------------------------
 
+MAX_SHAPE_ERRORS = 3
+
+
+def _check_shape(pod: Mapping[str, Any]) -> None:
+    """Refuse a pod whose fields we read have the wrong type (say, ``containers: ["app"]``)."""
+    try:
+        PodShape.model_validate(pod)
+    except ValidationError as exc:
+        problems = [
+            f"{'.'.join(str(part) for part in error['loc'])}: {error['msg']}"
+            for error in exc.errors(include_url=False, include_input=False)[:MAX_SHAPE_ERRORS]
+        ]
+        more = exc.error_count() - len(problems)
+        suffix = f" (and {more} more)" if more > 0 else ""
+        raise MutationDenied(f"the pod is malformed: {clip('; '.join(problems))}{suffix}") from None
+
 
 def _strategy(annotations: Mapping[str, Any], plan: _Plan) -> str:
     value = annotations.get(STRATEGY_ANNOTATION)
@@ -204,7 +219,7 @@ def _strategy(annotations: Mapping[str, Any], plan: _Plan) -> str:
         return plan.strategy
     if value not in STRATEGIES:
         raise MutationDenied(
-            f"annotation {STRATEGY_ANNOTATION}={value!r} is not a GVirtuS strategy; "
+            f"annotation {STRATEGY_ANNOTATION}={clip(repr(value))} is not a GVirtuS strategy; "
             f"valid values: {', '.join(STRATEGIES)}"
         )
     return str(value)
@@ -217,8 +232,8 @@ def _home(annotations: Mapping[str, Any], plan: _Plan) -> str:
     text = str(value)
     if not text.startswith("/") or any(ch < " " for ch in text) or ".." in text.split("/"):
         raise MutationDenied(
-            f"annotation {HOME_ANNOTATION}={text!r} must be an absolute path without '..' "
-            "(the GVirtuS installation directory inside the image, e.g. /usr/local/gvirtus)"
+            f"annotation {HOME_ANNOTATION}={clip(repr(text))} must be an absolute path without "
+            "'..' (the GVirtuS installation directory inside the image, e.g. /usr/local/gvirtus)"
         )
     return posixpath.normpath(text)
 
@@ -263,8 +278,8 @@ def _named_targets(
         known = [str(_mapping(c).get("name", "")) for c in containers]
         known += [f"{_mapping(c).get('name', '')} (init)" for c in init_containers]
         raise MutationDenied(
-            f"annotation {CONTAINERS_ANNOTATION} names {', '.join(map(repr, unknown))}, "
-            f"not a container of this pod; its containers are: {', '.join(known)}"
+            f"annotation {CONTAINERS_ANNOTATION} names {clip(', '.join(map(repr, unknown)))}, "
+            f"not a container of this pod; its containers are: {clip(', '.join(known))}"
         )
     return [by_name[n] for n in names]
 
@@ -273,10 +288,7 @@ def _named_targets(
 
 
 class _Owned(NamedTuple):
-    """A list entry the mutation owns, named by what it is built from.
-
-    Hashable, so the operations that put it in place are built once and reused (see ``_add``).
-    """
+    """A list entry the mutation owns, named by what it is built from."""
 
     kind: Literal["volume", "mount", "env"]
     config_file: str
@@ -288,12 +300,6 @@ class _Owned(NamedTuple):
         if self.kind == "mount":
             return _properties_mount(self.config_file)
         return {"name": CONFIG_ENV, "value": self.config_file}
-
-
-@lru_cache(maxsize=1024)
-def _owned_value(entry: _Owned) -> dict[str, Any]:
-    """The entry for comparisons only; never put in a patch (shared, so never to be changed)."""
-    return entry.build()
 
 
 def _properties_volume() -> dict[str, Any]:
@@ -324,6 +330,7 @@ def _wrap_command(
     ops: list[JsonPatchOperation], target: _Target, script: str, warnings: list[str]
 ) -> None:
     command = target.container.get("command")
+    name = clip(repr(target.name))
     if is_sed_wrapped(command):
         if command[2] != script:  # stale address, port or home: only the script changes
             ops.append(_replace_text(target.tokens("command", 2), script))
@@ -331,14 +338,14 @@ def _wrap_command(
         ops.append(_replace(target.tokens("command"), [*_SHELL, script, _SHELL_ARG0, *command]))
     else:
         raise MutationDenied(
-            f"container {target.name!r} has no explicit command, so the sed strategy cannot wrap "
+            f"container {name} has no explicit command, so the sed strategy cannot wrap "
             f"its entrypoint; set its command, or use the mount strategy (annotation "
             f"{STRATEGY_ANNOTATION}: mount)"
         )
     security = _mapping(target.container.get("securityContext"))
     if security.get("readOnlyRootFilesystem") is True:
         warnings.append(
-            f"container {target.name!r} has a read-only root filesystem, so the sed strategy "
+            f"container {name} has a read-only root filesystem, so the sed strategy "
             f"cannot edit properties.json in place; use annotation {STRATEGY_ANNOTATION}: mount"
         )
 
@@ -423,7 +430,7 @@ def _upsert(
         ops.append(_add_owned((*tokens, "-"), entry, False))
         return
     first, *rest = matches
-    if items[first] != _owned_value(entry):
+    if items[first] != entry.build():
         ops.append(_replace_owned((*tokens, first), entry))
     for index in reversed(rest):  # descending, so earlier indices stay valid
         ops.append(_remove(_pointer((*tokens, index))))
@@ -438,56 +445,41 @@ def _remove_where(
             ops.append(_remove(_pointer((*tokens, index))))
 
 
-@lru_cache(maxsize=4096)
 def _pointer(tokens: Tokens) -> str:
-    # The same few paths recur on every request ("/spec/containers/0/env", ...).
     return json_pointer(*tokens)
 
 
-# Operations are built with model_construct: the values are built here, validating them again
-# would only cost time. The same few operations recur on every review, so those built from
-# hashable inputs are cached and shared between patches: a patch and its operations are only
-# ever read (the CLI's patcher copies each value it inserts).
-
-
 def _replace(tokens: Tokens, value: Any) -> ReplaceOperation:
-    return ReplaceOperation.model_construct(path=_pointer(tokens), value=value)
+    return ReplaceOperation(path=_pointer(tokens), value=value)
 
 
-@lru_cache(maxsize=4096)
 def _add_text(tokens: Tokens, value: str) -> AddOperation:
-    return AddOperation.model_construct(path=_pointer(tokens), value=value)
+    return AddOperation(path=_pointer(tokens), value=value)
 
 
-@lru_cache(maxsize=4096)
 def _replace_text(tokens: Tokens, value: str) -> ReplaceOperation:
-    return ReplaceOperation.model_construct(path=_pointer(tokens), value=value)
+    return ReplaceOperation(path=_pointer(tokens), value=value)
 
 
-@lru_cache(maxsize=4096)
 def _add_nested(path: tuple[str, ...], depth: int, value: str) -> AddOperation:
     """Add ``path[: depth + 1]`` as the objects that lead from there to ``value``."""
     nested: Any = value
     for inner in reversed(path[depth + 1 :]):
         nested = {inner: nested}
-    return AddOperation.model_construct(path=_pointer(path[: depth + 1]), value=nested)
+    return AddOperation(path=_pointer(path[: depth + 1]), value=nested)
 
 
-@lru_cache(maxsize=4096)
 def _add_owned(tokens: Tokens, entry: _Owned, as_list: bool) -> AddOperation:
-    # A value of its own per operation: two targets never share one object (no YAML aliases).
     value = entry.build()
-    return AddOperation.model_construct(path=_pointer(tokens), value=[value] if as_list else value)
+    return AddOperation(path=_pointer(tokens), value=[value] if as_list else value)
 
 
-@lru_cache(maxsize=4096)
 def _replace_owned(tokens: Tokens, entry: _Owned) -> ReplaceOperation:
-    return ReplaceOperation.model_construct(path=_pointer(tokens), value=entry.build())
+    return ReplaceOperation(path=_pointer(tokens), value=entry.build())
 
 
-@lru_cache(maxsize=4096)
 def _remove(path: str) -> RemoveOperation:
-    return RemoveOperation.model_construct(path=path)
+    return RemoveOperation(path=path)
 
 
 def _mapping(value: object) -> Mapping[str, Any]:
@@ -495,8 +487,7 @@ def _mapping(value: object) -> Mapping[str, Any]:
 
 
 def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
-    # Decoded JSON is always a dict: test that first, the ABC check is several times slower.
-    return type(value) is dict or isinstance(value, Mapping)
+    return isinstance(value, Mapping)
 
 
 def _sequence(value: object) -> Sequence[Any]:

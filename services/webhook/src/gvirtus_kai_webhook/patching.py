@@ -1,8 +1,8 @@
 """A small RFC 6902 JSON Patch applier for the operations the mutation produces.
 
 The injector CLI applies patches itself so the runtime needs no JSON Patch library. Supported:
-``add``, ``replace``, ``remove`` and ``test``, with RFC 6901 pointers (``~0``, ``~1``) and ``-``
-for appending to an array.
+``add``, ``replace`` and ``remove`` (all the mutation emits), with RFC 6901 pointers (``~0``,
+``~1``) and ``-`` for appending to an array.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ from .models import JsonPatchOperation
 
 
 class PatchError(Exception):
-    """The patch does not apply to the document (missing path, bad index, failed test)."""
+    """The patch does not apply to the document (missing path, bad index)."""
 
 
 def apply_patch(document: Any, operations: Iterable[JsonPatchOperation]) -> Any:
@@ -26,11 +26,6 @@ def apply_patch(document: Any, operations: Iterable[JsonPatchOperation]) -> Any:
     """
     for operation in operations:
         tokens = parse_pointer(operation.path)
-        if operation.op == "test":
-            actual = _resolve(document, tokens, operation.path)
-            if not _json_equal(actual, operation.value):
-                raise PatchError(f"test failed at {operation.path!r}")
-            continue
         if not tokens:  # the whole document
             if operation.op == "remove":
                 raise PatchError("cannot remove the whole document")
@@ -98,14 +93,3 @@ def _add(parent: Any, key: str, value: Any, pointer: str) -> None:
         parent.insert(index, value)
     else:
         raise PatchError(f"{pointer!r}: cannot add inside a {type(parent).__name__}")
-
-
-def _json_equal(left: Any, right: Any) -> bool:
-    """Equality in JSON terms: ``true`` is not ``1`` although Python says so."""
-    if isinstance(left, bool) or isinstance(right, bool):
-        return type(left) is type(right) and left == right
-    if isinstance(left, dict) and isinstance(right, dict):
-        return left.keys() == right.keys() and all(_json_equal(left[k], right[k]) for k in left)
-    if isinstance(left, list) and isinstance(right, list):
-        return len(left) == len(right) and all(map(_json_equal, left, right))
-    return bool(left == right)

@@ -1,27 +1,37 @@
-"""``gvirtus-webhook``: serve the admission webhook over HTTPS until SIGTERM."""
+"""``gvirtus-webhook``: serve the admission webhook over HTTPS until SIGTERM.
+
+Hypercorn serves HTTP/1.1: unlike uvicorn, its keep-alive timeout also runs before the first
+request and while a request head trickles in, so idle and slow clients are closed. It has no
+connection cap, so connections are accepted here, and each one the cap admits is handed, after
+the TLS handshake, to Hypercorn's per-connection server.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import gc
 import ipaddress
 import logging
 import socket
+import ssl
 import sys
-from collections.abc import Iterable, Iterator
-from typing import Any, cast
+from collections.abc import Sequence
+from typing import cast
 
-import uvicorn
 import uvloop
+from fastapi import FastAPI
+from gvirtus_kai_common.connections import ConnectionLimit, within_descriptor_limit
 from gvirtus_kai_common.logs import setup_logging
-from gvirtus_kai_common.settings import load_settings
+from gvirtus_kai_common.settings import EXIT_BAD_SETTINGS, load_settings
 from gvirtus_kai_common.shutdown import run_until_stopped
-from prometheus_client import disable_created_metrics
-from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
+from hypercorn.asyncio.tcp_server import TCPServer
+from hypercorn.asyncio.worker_context import WorkerContext
+from hypercorn.config import Config
+from hypercorn.typing import ASGIFramework
+from hypercorn.utils import wrap_app
 
 from .admission import AdmissionReviewer
-from .app import WebhookApp
+from .app import build_app
 from .dns import BackendResolver
 from .metrics import WebhookMetrics
 from .settings import Settings
@@ -29,135 +39,14 @@ from .tls import ReloadingServerTLS, TLSLoadError
 
 log = logging.getLogger(__name__)
 
-# In-flight reviews get this long to finish after SIGTERM; the API server's own webhook timeout
-# (at most 30 s) is far longer than any review takes.
-GRACEFUL_SHUTDOWN_SECONDS = 10
+PROGRAM = "gvirtus-webhook"
+EXIT_FAILED = 1
 TLS_POLL_SECONDS = 1.0
-GC_GEN0_THRESHOLD = 10_000  # allocations between young-generation collections (default 700)
-
-
-class _Server(uvicorn.Server):
-    """uvicorn without its own signal handlers: ``serve()`` owns SIGTERM/SIGINT.
-
-    uvicorn would re-raise the signal after a graceful stop, turning a clean exit into "killed by
-    SIGTERM"; with the shared stop event the process exits 0.
-    """
-
-    @contextlib.contextmanager
-    def capture_signals(self) -> Iterator[None]:
-        yield
-
-
-def _drop_terminal_colours(record: logging.LogRecord) -> bool:
-    # uvicorn attaches an ANSI-coloured copy of some messages; in JSON lines it is only noise.
-    record.__dict__.pop("color_message", None)
-    return True
-
-
-class CoalescingTransport(asyncio.Transport):
-    """Hands the writes of one event-loop step to the real transport as one write.
-
-    uvicorn writes a response's head and body separately; over TLS each write becomes its own
-    record and its own send() call. Joined, a review's answer costs one of each: the biggest
-    per-request saving left below the application (the same idea as TCP_CORK). Data waits at most
-    until the loop's next step, and ``close()`` sends what is pending first.
-    """
-
-    def __init__(self, transport: asyncio.Transport, loop: asyncio.AbstractEventLoop) -> None:
-        super().__init__()
-        self._transport = transport
-        self._loop = loop
-        self._pending: list[bytes] = []
-
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if not self._pending:
-            self._loop.call_soon(self._flush)
-        self._pending.append(bytes(data))
-
-    def writelines(self, list_of_data: Iterable[bytes | bytearray | memoryview]) -> None:
-        for data in list_of_data:
-            self.write(data)
-
-    def _flush(self) -> None:
-        if not self._pending:
-            return
-        data = self._pending[0] if len(self._pending) == 1 else b"".join(self._pending)
-        self._pending.clear()
-        if not self._transport.is_closing():
-            self._transport.write(data)
-
-    def close(self) -> None:
-        self._flush()
-        self._transport.close()
-
-    def abort(self) -> None:
-        self._pending.clear()
-        self._transport.abort()
-
-    def write_eof(self) -> None:
-        self._flush()
-        self._transport.write_eof()
-
-    def can_write_eof(self) -> bool:
-        return self._transport.can_write_eof()
-
-    def is_closing(self) -> bool:
-        return self._transport.is_closing()
-
-    def get_extra_info(self, name: str, default: Any = None) -> Any:
-        return self._transport.get_extra_info(name, default)
-
-    def pause_reading(self) -> None:
-        self._transport.pause_reading()
-
-    def resume_reading(self) -> None:
-        self._transport.resume_reading()
-
-    def is_reading(self) -> bool:
-        return self._transport.is_reading()
-
-    def set_protocol(self, protocol: asyncio.BaseProtocol) -> None:
-        self._transport.set_protocol(protocol)
-
-    def get_protocol(self) -> asyncio.BaseProtocol:
-        return self._transport.get_protocol()
-
-    def get_write_buffer_size(self) -> int:
-        return self._transport.get_write_buffer_size() + sum(map(len, self._pending))
-
-    def get_write_buffer_limits(self) -> tuple[int, int]:
-        return self._transport.get_write_buffer_limits()
-
-    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
-        self._transport.set_write_buffer_limits(high, low)
-
-
-class HttpProtocol(HttpToolsProtocol):
-    """uvicorn's httptools protocol writing through a ``CoalescingTransport``."""
-
-    def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        # uvloop's transports have the Transport methods without subclassing asyncio.Transport.
-        real = cast(asyncio.Transport, transport)
-        super().connection_made(CoalescingTransport(real, self.loop))
-
-
-def uvicorn_config(app: WebhookApp, settings: Settings, tls: ReloadingServerTLS) -> uvicorn.Config:
-    return uvicorn.Config(
-        app,
-        host=settings.listen_host,
-        port=settings.listen_port,
-        loop="none",  # the loop is ours (uvloop), see main()
-        http=HttpProtocol,  # uvicorn's httptools protocol, writes coalesced
-        ws="none",
-        lifespan="off",
-        interface="asgi3",
-        access_log=False,  # one structured line per admission is logged by the reviewer instead
-        log_config=None,  # keep the JSON root handler
-        server_header=False,
-        proxy_headers=False,  # the API server connects directly; nothing to trust
-        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
-        ssl_context_factory=lambda _config, _default: tls.listening_context,
-    )
+MAX_HEAD_BYTES = 16 * 1024  # request line and headers; more is answered 431 and closed
+# A closing connection waits this long for the client's TLS close_notify, then is dropped: a
+# client that never answers must not hold its descriptor (asyncio's default is 30 s).
+TLS_SHUTDOWN_SECONDS = 0.25
+BACKLOG = 128
 
 
 class ListenError(Exception):
@@ -171,90 +60,169 @@ def _is_ipv6_any(host: str) -> bool:
         return False
 
 
-def listening_sockets(host: str, port: int, backlog: int) -> list[socket.socket] | None:
-    """Sockets for uvicorn to serve on, or ``None`` to let it bind ``host`` as given.
-
-    asyncio binds ``::`` with IPV6_V6ONLY, which refuses IPv4; on a dual-stack cluster the API
-    server or the kubelet's probes may well come over IPv4. So ``::`` gets one socket that takes
-    both families (IPV6_V6ONLY off), the way most servers read it. On a node without IPv6 "every
-    address" can only mean the IPv4 ones.
-    """
-    if not _is_ipv6_any(host):
-        return None
+def listening_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.socket:
+    """The socket to serve on. ``::`` takes both IPv4 and IPv6 (IPV6_V6ONLY off): on a
+    dual-stack cluster the API server or the kubelet's probes may come over either; on a node
+    without IPv6 "every address" can only mean the IPv4 ones."""
     try:
+        if not _is_ipv6_any(host):
+            family = socket.AF_INET6 if ":" in host else socket.AF_INET
+            return socket.create_server((host, port), family=family, backlog=backlog)
         if socket.has_dualstack_ipv6():
-            sock = socket.create_server(
+            return socket.create_server(
                 ("::", port), family=socket.AF_INET6, backlog=backlog, dualstack_ipv6=True
             )
-        else:
-            log.warning("no IPv6 on this node: listening on IPv4 only", extra={"port": port})
-            sock = socket.create_server(("0.0.0.0", port), backlog=backlog)
+        log.warning("no IPv6 on this node: listening on IPv4 only", extra={"port": port})
+        return socket.create_server(("0.0.0.0", port), backlog=backlog)
     except OSError as exc:
-        raise ListenError(f"cannot listen on [{host}]:{port}: {exc}") from exc
-    log.info(
-        "listening on all addresses",
-        extra={"address": sock.getsockname()[0], "port": sock.getsockname()[1]},
-    )
-    return [sock]
+        shown = f"[{host}]" if ":" in host else host
+        raise ListenError(f"cannot listen on {shown}:{port}: {exc}") from exc
 
 
-def _tune_garbage_collector() -> None:
-    """Keep the cyclic garbage collector off the request path.
+def hypercorn_config(settings: Settings) -> Config:
+    config = Config()
+    config.keep_alive_timeout = settings.idle_timeout_seconds
+    config.h11_max_incomplete_size = MAX_HEAD_BYTES
+    config.include_server_header = False
+    config.accesslog = None  # the reviewer logs one structured line per admission instead
+    config.errorlog = logging.getLogger("hypercorn.error")  # into the JSON root handler
+    return config
 
-    Everything imported and built so far lives as long as the process: frozen, the collector
-    never walks it again. Requests allocate many short-lived dicts but hardly any cycles, so a
-    larger first-generation threshold makes collections rarer without letting memory grow.
-    """
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(GC_GEN0_THRESHOLD, *gc.get_threshold()[1:])
+
+class WebhookServer:
+    """HTTPS for the app: at most ``max_connections`` at once, stopped in the rollout's order."""
+
+    def __init__(
+        self, tls: ReloadingServerTLS, settings: Settings, metrics: WebhookMetrics
+    ) -> None:
+        self._config = hypercorn_config(settings)
+        self._context = WorkerContext(None)  # its ``terminated`` closes idle connections
+        self._tls = tls
+        self._settings = settings
+        self._metrics = metrics
+        self._limit = ConnectionLimit(
+            within_descriptor_limit(settings.max_connections), metrics.connections_refused, "https"
+        )
+        self._connections: set[asyncio.Task[None]] = set()
+        self._accepting: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self.stopping = False
+
+    def is_ready(self) -> bool:
+        return self._accepting is not None and not self.stopping
+
+    async def serve(self, app: FastAPI, listener: socket.socket) -> None:
+        """Serve ``app`` on ``listener`` until ``drain`` has finished."""
+        # FastAPI is an ASGI app; only its type annotations differ from Hypercorn's.
+        self._app = wrap_app(cast(ASGIFramework, app), self._config.wsgi_max_body_size, "asgi")
+        listener.setblocking(False)
+        self._accepting = asyncio.create_task(self._accept(listener))
+        host, port = listener.getsockname()[:2]
+        log.info("serving HTTPS", extra={"host": host, "port": port, "cap": self._limit.maximum})
+        try:
+            await self._stopped.wait()
+        finally:
+            self._accepting.cancel()
+
+    async def drain(self) -> None:
+        """The rollout order: readiness 503 while still serving, then stop accepting, close
+        idle connections at once, and give in-flight reviews the drain time."""
+        self.stopping = True
+        settings = self._settings
+        log.info("stopping: not ready", extra={"delay_seconds": settings.shutdown_delay_seconds})
+        await asyncio.sleep(settings.shutdown_delay_seconds)
+        if self._accepting is not None:
+            self._accepting.cancel()
+        await self._context.terminated.set()
+        if self._connections:
+            log.info("finishing in-flight requests", extra={"connections": len(self._connections)})
+            await asyncio.wait(set(self._connections), timeout=settings.shutdown_drain_seconds)
+        for task in self._connections:
+            task.cancel()
+        self._stopped.set()
+
+    async def _accept(self, listener: socket.socket) -> None:
+        # Accepting here rather than with asyncio.start_server lets the cap see a connection
+        # before anything is read from it or a TLS handshake is spent on it.
+        loop = asyncio.get_running_loop()
+        while True:
+            try:
+                connection, _ = await loop.sock_accept(listener)
+            except OSError as exc:  # e.g. out of descriptors after all: let some close first
+                log.warning("accept failed", extra={"error": str(exc)})
+                await asyncio.sleep(0.1)
+                continue
+            if not self._limit.admit():
+                connection.close()
+                continue
+            task = asyncio.create_task(self._serve_connection(connection))
+            self._connections.add(task)
+            self._metrics.connections_open.set(self._limit.open)
+
+    async def _serve_connection(self, connection: socket.socket) -> None:
+        loop = asyncio.get_running_loop()
+        reader = asyncio.StreamReader()
+        protocol = asyncio.StreamReaderProtocol(reader)
+        try:
+            transport, _ = await loop.connect_accepted_socket(
+                lambda: protocol,
+                connection,
+                ssl=self._tls.listening_context,
+                ssl_handshake_timeout=self._settings.idle_timeout_seconds,
+                ssl_shutdown_timeout=TLS_SHUTDOWN_SECONDS,
+            )
+            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
+            serving = asyncio.ensure_future(
+                TCPServer(self._app, loop, self._config, self._context, {}, reader, writer)
+            )
+            closed = asyncio.ensure_future(writer.wait_closed())
+            try:
+                # Hypercorn notices a client that hung up only when its idle timer fires; the
+                # connection ends as soon as its transport has closed instead.
+                await asyncio.wait({serving, closed}, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                closed.cancel()
+                serving.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await serving
+        except (OSError, ssl.SSLError, TimeoutError):
+            connection.close()  # a failed or too slow handshake, or the client left
+        finally:
+            task = asyncio.current_task()
+            if task is not None:
+                self._connections.discard(task)
+            self._limit.release()
+            self._metrics.connections_open.set(self._limit.open)
 
 
 async def serve(settings: Settings) -> None:
-    """Run until SIGTERM/SIGINT, then stop accepting, finish in-flight reviews and return."""
+    """Run until SIGTERM/SIGINT, then drain (see ``WebhookServer.drain``) and return."""
     metrics = WebhookMetrics()
     tls = ReloadingServerTLS(settings.tls_cert_file, settings.tls_key_file, metrics)
+    listener = listening_socket(settings.listen_host, settings.listen_port)
     reviewer = AdmissionReviewer(settings, BackendResolver(settings, metrics), metrics)
-
-    server: _Server | None = None
-
-    def is_ready() -> bool:
-        return server is not None and server.started and not server.should_exit
-
-    app = WebhookApp(reviewer, metrics.registry, is_ready)
-    config = uvicorn_config(app, settings, tls)
-    server = _Server(config)
-    sockets = listening_sockets(settings.listen_host, settings.listen_port, config.backlog)
-    _tune_garbage_collector()
-
-    async def drain() -> None:
-        server.should_exit = True  # uvicorn stops accepting and finishes in-flight requests
-
+    server = WebhookServer(tls, settings, metrics)
+    app = build_app(
+        reviewer, metrics.registry, server.is_ready, body_timeout=settings.body_timeout_seconds
+    )
     watcher = asyncio.create_task(tls.watch(TLS_POLL_SECONDS))
     try:
-        await run_until_stopped(
-            server.serve(sockets=sockets), drain=drain, grace_seconds=GRACEFUL_SHUTDOWN_SECONDS + 1
-        )
+        await run_until_stopped(server.serve(app, listener), drain=server.drain)
     finally:
         watcher.cancel()
-        for sock in sockets or ():
-            sock.close()  # uvicorn closes them on a normal stop; this covers a failed start
+        listener.close()
+    log.info("stopped")
 
 
-def main(argv: list[str] | None = None) -> None:
-    settings = load_settings(Settings, "gvirtus-webhook", argv, description=__doc__)
+def main(argv: Sequence[str] | None = None) -> None:
+    settings = load_settings(Settings, PROGRAM, argv, description=__doc__)
     setup_logging(settings.log_level)
-    # One line per admission is logged; skip the record fields the JSON lines never show
-    # (the logging HOWTO's "Optimization" switches).
-    logging.logThreads = False
-    logging.logProcesses = False
-    logging.logMultiprocessing = False
-    logging._srcfile = None
-    logging.getLogger("uvicorn.error").addFilter(_drop_terminal_colours)
-    disable_created_metrics()  # type: ignore[no-untyped-call]  # *_created: scrape noise
     try:
         with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
             runner.run(serve(settings))
-    except (TLSLoadError, ListenError) as exc:
+    except TLSLoadError as exc:
         log.error("cannot start: %s", exc)
-        sys.exit(1)
+        sys.exit(EXIT_BAD_SETTINGS)
+    except ListenError as exc:
+        log.error("cannot start: %s", exc)
+        sys.exit(EXIT_FAILED)

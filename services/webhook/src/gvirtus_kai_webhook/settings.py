@@ -73,6 +73,28 @@ class Settings(ServiceSettings):
         "gvirtus.io/enabled", description="pod label whose value 'true' asks for GVirtuS"
     )
     gpu_resource: str = Field("nvidia.com/gpu", description="the GPU extended resource")
+    # Bounds on what one client may hold; see the server module.
+    idle_timeout_seconds: float = Field(
+        5.0,
+        gt=0,
+        description="a connection with no request in progress is closed after this: before the "
+        "first request, between keep-alive requests, and while a request head trickles in",
+    )
+    body_timeout_seconds: float = Field(
+        10.0, gt=0, description="a request body must arrive whole within this (else 408)"
+    )
+    max_connections: int = Field(
+        256, ge=1, description="connections held at once; more are refused and counted"
+    )
+    # Rollout: on SIGTERM readiness turns 503 at once, requests are served for the delay, then
+    # the listener closes, idle connections close, and in-flight reviews get the drain time.
+    # terminationGracePeriodSeconds must cover preStop + delay + drain.
+    shutdown_delay_seconds: float = Field(
+        0.2, ge=0, description="after SIGTERM, keep serving this long with readiness 503"
+    )
+    shutdown_drain_seconds: float = Field(
+        10.0, ge=0, description="then, the longest in-flight reviews get to finish"
+    )
 
     @field_validator("dns_nameservers", mode="before")
     @classmethod

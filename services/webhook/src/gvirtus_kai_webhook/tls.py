@@ -1,6 +1,6 @@
 """The serving TLS context, reloaded when Kubernetes rotates the mounted certificate Secret.
 
-uvicorn binds its listener to one ``SSLContext`` for the life of the process. Loading a new pair
+The server binds its listener to one ``SSLContext`` for the life of the process. Loading a new pair
 into that same context is not atomic: ``load_cert_chain`` installs the certificate before it checks
 the key, so a mismatched pair (files caught mid-rotation) would leave a broken context serving
 every new handshake. Instead each pair is loaded into a fresh context, and the listening context's
@@ -33,8 +33,13 @@ def server_context(cert_file: str | Path, key_file: str | Path) -> ssl.SSLContex
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     context.set_alpn_protocols(["http/1.1"])
+
+    def no_passphrase() -> bytes:
+        # Without a callback OpenSSL would prompt "Enter PEM pass phrase:" on the terminal.
+        raise TLSLoadError(f"the TLS key {key_file} is encrypted; mount an unencrypted key")
+
     try:
-        context.load_cert_chain(cert_file, key_file)
+        context.load_cert_chain(cert_file, key_file, password=no_passphrase)
     except (OSError, ssl.SSLError) as exc:
         raise TLSLoadError(
             f"cannot load TLS certificate {cert_file} with key {key_file}: {exc}"
