@@ -45,7 +45,7 @@ TLS_POLL_SECONDS = 1.0
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; more is answered 431 and closed
 # A closing connection waits this long for the client's TLS close_notify, then is dropped: a
 # client that never answers must not hold its descriptor (asyncio's default is 30 s).
-TLS_SHUTDOWN_SECONDS = 0.25
+TLS_SHUTDOWN_SECONDS = 0.1
 BACKLOG = 128
 
 
