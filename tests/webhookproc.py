@@ -100,7 +100,7 @@ class WebhookProcess:
         return self.process.returncode
 
 
-def _webhook_env(settings: dict[str, str]) -> dict[str, str]:
+def webhook_environment(settings: dict[str, str]) -> dict[str, str]:
     """The caller's environment without any ``GVIRTUS_KAI_*`` leaking in, plus
     ``GVIRTUS_KAI_<KEY>`` for each settings entry."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
@@ -111,7 +111,11 @@ def _webhook_env(settings: dict[str, str]) -> dict[str, str]:
 def run_webhook_to_exit(settings: dict[str, str]) -> subprocess.CompletedProcess[str]:
     """Run ``gvirtus-webhook`` until it exits (a start-up failure), its output captured."""
     return subprocess.run(
-        webhook_command(), env=_webhook_env(settings), capture_output=True, text=True, timeout=60
+        webhook_command(),
+        env=webhook_environment(settings),
+        capture_output=True,
+        text=True,
+        timeout=60,
     )
 
 
@@ -127,7 +131,7 @@ def start_webhook(
     The environment is otherwise the caller's minus any ``GVIRTUS_KAI_*`` leaking in.
     """
     port = int(settings.get("LISTEN_PORT") or free_port())
-    env = _webhook_env({"LISTEN_HOST": "127.0.0.1", "LISTEN_PORT": str(port), **settings})
+    env = webhook_environment({"LISTEN_HOST": "127.0.0.1", "LISTEN_PORT": str(port), **settings})
     process = subprocess.Popen(
         [*(prefix or []), *(command or webhook_command())],
         env=env,

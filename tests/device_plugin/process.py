@@ -38,8 +38,10 @@ class PluginProcess:
 
 
 @contextlib.asynccontextmanager
-async def running_plugin(plugin_dir: Path, cdi_dir: Path) -> AsyncIterator[PluginProcess]:
-    """The plugin process, killed on exit if it is still running."""
+async def running_plugin(
+    plugin_dir: Path, cdi_dir: Path, prefix: tuple[str, ...] = ()
+) -> AsyncIterator[PluginProcess]:
+    """The plugin process (run through ``prefix``, if given), killed on exit if still running."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
     env.update(
@@ -49,7 +51,9 @@ async def running_plugin(plugin_dir: Path, cdi_dir: Path) -> AsyncIterator[Plugi
         GVIRTUS_KAI_HEALTH_HOST="127.0.0.1",
         GVIRTUS_KAI_HEALTH_PORT=str(port),
     )
-    process = await asyncio.create_subprocess_exec(COMMAND, env=env, stderr=asyncio.subprocess.PIPE)
+    process = await asyncio.create_subprocess_exec(
+        *prefix, COMMAND, env=env, stderr=asyncio.subprocess.PIPE
+    )
     try:
         yield PluginProcess(
             process,

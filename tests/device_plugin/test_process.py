@@ -5,14 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import re
 import signal
+import sys
 import time
 from pathlib import Path
 
 import httpx
+import psutil
 
 from tests.device_plugin.kubelet import WAIT_SECONDS, KubeletEmulator
-from tests.device_plugin.process import PluginProcess, status_within
+from tests.device_plugin.process import PluginProcess, running_plugin, status_within
 
 # The bound for SIGTERM to process exit.
 EXIT_SECONDS = 1.0
@@ -124,3 +127,41 @@ async def test_stderr_holds_nothing_but_json_across_kubelet_restarts(
             continue
         not_json.append(line)
     assert not_json == []
+
+
+DESCRIPTOR_LIMIT = 128
+
+
+async def test_a_connection_flood_on_the_health_port_under_a_low_descriptor_limit_is_survived(
+    plugin_dir: Path, cdi_dir: Path
+) -> None:
+    lowered = (
+        sys.executable,
+        "-c",
+        "import os, resource, sys; "
+        f"resource.setrlimit(resource.RLIMIT_NOFILE, ({DESCRIPTOR_LIMIT}, {DESCRIPTOR_LIMIT})); "
+        "os.execv(sys.argv[1], sys.argv[1:])",
+    )
+    async with running_plugin(plugin_dir, cdi_dir, prefix=lowered) as plugin:
+        await status_within(plugin, "/healthz", 200)
+        host, port = plugin.health_url.removeprefix("http://").split(":")
+        flood = [
+            await asyncio.open_connection(host, int(port)) for _ in range(3 * DESCRIPTOR_LIMIT)
+        ]
+        await asyncio.sleep(0.5)
+        descriptors = psutil.Process(plugin.process.pid).num_fds()
+        alive = plugin.process.returncode is None
+        for _, writer in flood:
+            writer.close()
+        # Probes are answered again once the flood is gone.
+        assert await status_within(plugin, "/healthz", 200) == 200
+        async with httpx.AsyncClient(timeout=WAIT_SECONDS) as client:
+            metrics = (await client.get(f"{plugin.health_url}/metrics")).text
+        plugin.process.send_signal(signal.SIGTERM)
+        await asyncio.wait_for(plugin.process.wait(), WAIT_SECONDS)
+        lines = [json.loads(line) for line in await plugin.stderr_lines()]
+    assert (alive, descriptors < DESCRIPTOR_LIMIT) == (True, True)
+    refused = re.search(r"^gvirtus_health_connections_refused_total (\S+)$", metrics, re.M)
+    assert refused is not None
+    assert float(refused.group(1)) > 0
+    assert any(line["msg"].startswith("too many connections") for line in lines)

@@ -1,9 +1,11 @@
-"""Fixtures for the webhook server tests: a loopback DNS server, a test CA, and the app."""
+"""Fixtures for the webhook tests: a loopback DNS server, a test CA, the app in process, and the
+real process over HTTPS."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,8 +19,8 @@ from gvirtus_kai_webhook.metrics import WebhookMetrics
 from gvirtus_kai_webhook.settings import Settings
 
 from tests.dnsserver import LoopbackDnsServer
-from tests.tlsfiles import SecretVolume, serving_cert
-from tests.webhookproc import BACKEND_HOST
+from tests.tlsfiles import SecretVolume, client_context, serving_cert
+from tests.webhookproc import BACKEND_HOST, WebhookProcess, api_server_client, start_webhook
 
 REVIEWS = Path(__file__).parent / "fixtures" / "reviews"
 BACKEND_ADDRESS = "10.96.0.42"
@@ -101,3 +103,49 @@ def secret_volume(tmp_path: Path, test_ca: trustme.CA) -> SecretVolume:
     volume = SecretVolume(tmp_path / "tls")
     volume.write(serving_cert(test_ca))
     return volume
+
+
+@dataclass
+class RunningWebhook:
+    process: WebhookProcess
+    ca: trustme.CA
+    dns: LoopbackDnsServer
+    log_file: Path
+
+    def client(self) -> httpx.Client:
+        return api_server_client(client_context(self.ca))
+
+    def log_lines(self) -> list[dict[str, object]]:
+        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line]
+
+
+def launch(
+    directory: Path,
+    ca: trustme.CA,
+    dns: LoopbackDnsServer,
+    prefix: list[str] | None = None,
+    **settings: str,
+) -> RunningWebhook:
+    """The real ``gvirtus-webhook`` with a fresh serving certificate, once it is ready;
+    ``prefix`` runs it through another command (say, one that lowers a resource limit)."""
+    volume = SecretVolume(directory / "tls")
+    volume.write(serving_cert(ca))
+    log_file = directory / "webhook.log"
+    with log_file.open("wb") as stderr:
+        process = start_webhook(
+            {
+                "TLS_CERT_FILE": str(volume.cert_file),
+                "TLS_KEY_FILE": str(volume.key_file),
+                "DNS_NAMESERVERS": dns.nameserver,
+                **settings,
+            },
+            stderr=stderr,
+            prefix=prefix,
+        )
+    running = RunningWebhook(process, ca, dns, log_file)
+    try:
+        process.wait_ready(client_context(ca))
+    except Exception:
+        process.stop()
+        raise
+    return running

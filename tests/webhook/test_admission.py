@@ -11,6 +11,7 @@ from typing import Any
 import httpx
 import jsonpatch
 import pytest
+from gvirtus_kai_common.logs import JsonFormatter
 from gvirtus_kai_webhook import admission
 from gvirtus_kai_webhook.app import MAX_BODY_BYTES
 from gvirtus_kai_webhook.models import AdmissionReviewResponse
@@ -365,3 +366,63 @@ async def test_denial_log_line_carries_the_reason(
     (line,) = [r for r in caplog.records if r.getMessage() == "admission"]
     assert line.__dict__["outcome"] == "denied"
     assert "NXDOMAIN" in line.__dict__["reason"]
+
+
+# --- user-supplied text is clipped in answers and log lines ----------------------------------
+
+
+def formatted_log_lines(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """Every captured record as the JSON line the process would write."""
+    formatter = JsonFormatter()
+    return [formatter.format(record) for record in caplog.records]
+
+
+@pytest.mark.parametrize(
+    ("annotation", "value"),
+    [
+        ("gvirtus.io/strategy", "x" * 200_000),
+        ("gvirtus.io/containers", ",".join(f"c{i}" for i in range(40_000))),
+        ("gvirtus.io/home", "relative/" * 20_000),
+    ],
+)
+async def test_a_huge_annotation_is_clipped_in_the_answer_and_the_log(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture, annotation: str, value: str
+) -> None:
+    caplog.set_level(logging.INFO)
+    document = review_document()
+    document["request"]["object"]["metadata"].setdefault("annotations", {})[annotation] = value
+    response = await post_review(client, document)
+    result = answer(response).response
+    assert result.status is not None
+    assert (result.allowed, result.status.code) == (False, 400)
+    assert "clipped" in result.status.message
+    assert len(response.content) < 4096
+    lines = formatted_log_lines(caplog)
+    assert lines
+    assert max(len(line) for line in lines) < 4096
+
+
+async def test_a_huge_uid_and_names_are_clipped_in_the_log(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    document = review_document()
+    document["request"]["uid"] = "u" * 100_000
+    document["request"]["namespace"] = "n" * 100_000
+    document["request"]["object"]["metadata"]["generateName"] = "g" * 100_000
+    await post_review(client, document)
+    (line,) = [line for line in formatted_log_lines(caplog) if '"admission"' in line]
+    assert len(line) < 4096
+    assert "clipped, 100000 characters" in line
+
+
+async def test_a_huge_api_version_is_clipped_in_the_error(
+    client: httpx.AsyncClient, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+    document = review_document()
+    document["apiVersion"] = "v" * 100_000
+    response = await post_review(client, document)
+    assert response.status_code == 400
+    assert len(response.content) < 4096
+    assert max(len(line) for line in formatted_log_lines(caplog)) < 4096

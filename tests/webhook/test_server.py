@@ -9,7 +9,6 @@ import ssl
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -22,55 +21,13 @@ from tests.tlsfiles import (
     SecretVolume,
     client_context,
     old_protocol_client,
-    serving_cert,
 )
-from tests.webhook.conftest import BACKEND_ADDRESS, review_document
+from tests.webhook.conftest import BACKEND_ADDRESS, RunningWebhook, launch, review_document
 from tests.webhookproc import (
     BACKEND_HOST,
-    WebhookProcess,
     api_server_client,
     run_webhook_to_exit,
-    start_webhook,
 )
-
-
-@dataclass
-class RunningWebhook:
-    process: WebhookProcess
-    ca: trustme.CA
-    dns: LoopbackDnsServer
-    log_file: Path
-
-    def client(self) -> httpx.Client:
-        return api_server_client(client_context(self.ca))
-
-    def log_lines(self) -> list[dict[str, object]]:
-        return [json.loads(line) for line in self.log_file.read_text().splitlines() if line]
-
-
-def launch(
-    directory: Path, ca: trustme.CA, dns: LoopbackDnsServer, **settings: str
-) -> RunningWebhook:
-    volume = SecretVolume(directory / "tls")
-    volume.write(serving_cert(ca))
-    log_file = directory / "webhook.log"
-    with log_file.open("wb") as stderr:
-        process = start_webhook(
-            {
-                "TLS_CERT_FILE": str(volume.cert_file),
-                "TLS_KEY_FILE": str(volume.key_file),
-                "DNS_NAMESERVERS": dns.nameserver,
-                **settings,
-            },
-            stderr=stderr,
-        )
-    running = RunningWebhook(process, ca, dns, log_file)
-    try:
-        process.wait_ready(client_context(ca))
-    except Exception:
-        process.stop()
-        raise
-    return running
 
 
 @pytest.fixture(scope="module")

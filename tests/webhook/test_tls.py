@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import ssl
+import subprocess
 import threading
 import time
 from collections.abc import AsyncIterator
@@ -14,6 +15,7 @@ from pathlib import Path
 import httpx
 import pytest
 import trustme
+from cryptography.hazmat.primitives import serialization
 from gvirtus_kai_webhook.metrics import WebhookMetrics
 from gvirtus_kai_webhook.tls import ReloadingServerTLS, TLSLoadError
 
@@ -26,7 +28,12 @@ from tests.tlsfiles import (
     serving_cert,
 )
 from tests.webhook.conftest import review_document
-from tests.webhookproc import api_server_client, start_webhook
+from tests.webhookproc import (
+    api_server_client,
+    start_webhook,
+    webhook_command,
+    webhook_environment,
+)
 
 
 def trusting(*cas: trustme.CA) -> ssl.SSLContext:
@@ -176,6 +183,70 @@ async def test_rotated_context_still_refuses_tls_1_1(
 def test_unreadable_files_at_start_name_the_file(tmp_path: Path) -> None:
     with pytest.raises(TLSLoadError, match=r"missing\.crt"):
         ReloadingServerTLS(tmp_path / "missing.crt", tmp_path / "missing.key")
+
+
+def encrypted_key(cert: trustme.LeafCert) -> bytes:
+    """The certificate's private key as PEM encrypted with a passphrase."""
+    key = serialization.load_pem_private_key(cert.private_key_pem.bytes(), password=None)
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.BestAvailableEncryption(b"passphrase"),
+    )
+
+
+def test_an_encrypted_key_at_start_is_an_error_naming_the_file(
+    secret_volume: SecretVolume, test_ca: trustme.CA
+) -> None:
+    cert = serving_cert(test_ca)
+    secret_volume.write_files(
+        {"tls.crt": cert.cert_chain_pems[0].bytes(), "tls.key": encrypted_key(cert)}
+    )
+    with pytest.raises(TLSLoadError, match=r"tls\.key is encrypted"):
+        ReloadingServerTLS(secret_volume.cert_file, secret_volume.key_file)
+
+
+def test_the_process_with_an_encrypted_key_exits_2_without_reading_stdin(
+    secret_volume: SecretVolume, test_ca: trustme.CA, tmp_path: Path
+) -> None:
+    cert = serving_cert(test_ca)
+    secret_volume.write_files(
+        {"tls.crt": cert.cert_chain_pems[0].bytes(), "tls.key": encrypted_key(cert)}
+    )
+    env = webhook_environment(
+        {"TLS_CERT_FILE": str(secret_volume.cert_file), "TLS_KEY_FILE": str(secret_volume.key_file)}
+    )
+    log = tmp_path / "stderr"
+    # stdin stays open and empty: an OpenSSL prompt would wait on it until the timeout.
+    with log.open("w") as stderr:
+        process = subprocess.Popen(webhook_command(), env=env, stdin=subprocess.PIPE, stderr=stderr)
+        try:
+            code = process.wait(timeout=30)
+        finally:
+            if process.poll() is None:
+                process.kill()
+                process.wait()
+            assert process.stdin is not None
+            process.stdin.close()
+    lines = log.read_text().splitlines()
+    assert code == 2
+    assert f"the TLS key {secret_volume.key_file} is encrypted" in lines[-1]
+    assert all(json.loads(line) for line in lines)  # no "Enter PEM pass phrase:" among them
+
+
+async def test_an_encrypted_key_at_reload_is_a_counted_failure(
+    echo_server: EchoServer,
+    secret_volume: SecretVolume,
+    test_ca: trustme.CA,
+    metrics: WebhookMetrics,
+) -> None:
+    cert = serving_cert(trustme.CA())
+    secret_volume.write_files(
+        {"tls.crt": cert.cert_chain_pems[0].bytes(), "tls.key": encrypted_key(cert)}
+    )
+    assert not echo_server.tls.reload_if_changed()
+    assert reloads(metrics, "failure") == 1
+    assert await echo_server.round_trip(client_context(test_ca)) == b"ping\n"
 
 
 def test_rotation_under_load_fails_no_request(
