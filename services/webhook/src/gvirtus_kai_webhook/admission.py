@@ -16,9 +16,9 @@ import orjson
 from gvirtus_kai_common.logs import clip
 from pydantic import ValidationError
 
-from .dns import BackendResolutionError, BackendResolver
-from .metrics import Outcome, WebhookMetrics
-from .models import (
+from gvirtus_kai_webhook.dns import BackendResolutionError, BackendResolver
+from gvirtus_kai_webhook.metrics import Outcome, WebhookMetrics
+from gvirtus_kai_webhook.models import (
     ADMISSION_VERSIONS,
     AdmissionRequest,
     AdmissionResponse,
@@ -27,8 +27,8 @@ from .models import (
     JsonPatch,
     Status,
 )
-from .mutation import MutationDenied, is_enabled, mutate_pod
-from .settings import Settings
+from gvirtus_kai_webhook.mutation import MutationDenied, is_enabled, mutate_pod
+from gvirtus_kai_webhook.settings import Settings
 
 log = logging.getLogger(__name__)
 

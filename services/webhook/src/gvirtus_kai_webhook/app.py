@@ -20,8 +20,8 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
 from starlette.responses import PlainTextResponse, Response
 
-from .admission import AdmissionReviewer, RequestRejected
-from .models import AdmissionReview, AdmissionReviewResponse, ErrorBody
+from gvirtus_kai_webhook.admission import AdmissionReviewer, RequestRejected
+from gvirtus_kai_webhook.models import AdmissionReview, AdmissionReviewResponse, ErrorBody
 
 log = logging.getLogger(__name__)
 

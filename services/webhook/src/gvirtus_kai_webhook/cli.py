@@ -27,10 +27,10 @@ import yaml
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.settings import load_settings, settings_usage
 
-from .mutation import MutationDenied, is_enabled, mutate_pod
-from .patching import apply_patch
-from .settings import STRATEGIES, Settings
-from .workloads import PodSite, pod_sites
+from gvirtus_kai_webhook.mutation import MutationDenied, is_enabled, mutate_pod
+from gvirtus_kai_webhook.patching import apply_patch
+from gvirtus_kai_webhook.settings import STRATEGIES, Settings
+from gvirtus_kai_webhook.workloads import PodSite, pod_sites
 
 PROGRAM = "gvirtus-kai"
 EXIT_OK = 0
@@ -147,7 +147,7 @@ def inject(documents: list[Any], settings: Settings, backend_address: str | None
     if not sites:
         return report
     if backend_address is None:
-        from .dns import BackendResolutionError, BackendResolver
+        from gvirtus_kai_webhook.dns import BackendResolutionError, BackendResolver
 
         try:
             backend_address = asyncio.run(BackendResolver(settings).resolve())

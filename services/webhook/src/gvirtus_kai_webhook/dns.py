@@ -20,8 +20,8 @@ import dns.nameserver
 import dns.rdatatype
 import dns.resolver
 
-from .metrics import DnsFailure, WebhookMetrics
-from .settings import Settings
+from gvirtus_kai_webhook.metrics import DnsFailure, WebhookMetrics
+from gvirtus_kai_webhook.settings import Settings
 
 log = logging.getLogger(__name__)
 

@@ -22,7 +22,7 @@ from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION, properties_json
 from gvirtus_kai_common.logs import clip
 from pydantic import ValidationError
 
-from .models import (
+from gvirtus_kai_webhook.models import (
     AddOperation,
     JsonPatchOperation,
     PodShape,
@@ -30,7 +30,7 @@ from .models import (
     ReplaceOperation,
     json_pointer,
 )
-from .settings import STRATEGIES, Settings
+from gvirtus_kai_webhook.settings import STRATEGIES, Settings
 
 STRATEGY_ANNOTATION = "gvirtus.io/strategy"
 HOME_ANNOTATION = "gvirtus.io/home"

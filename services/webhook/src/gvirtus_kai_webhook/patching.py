@@ -11,7 +11,7 @@ import copy
 from collections.abc import Iterable
 from typing import Any
 
-from .models import JsonPatchOperation
+from gvirtus_kai_webhook.models import JsonPatchOperation
 
 
 class PatchError(Exception):

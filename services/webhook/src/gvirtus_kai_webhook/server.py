@@ -30,12 +30,12 @@ from hypercorn.config import Config
 from hypercorn.typing import ASGIFramework
 from hypercorn.utils import wrap_app
 
-from .admission import AdmissionReviewer
-from .app import build_app
-from .dns import BackendResolver
-from .metrics import WebhookMetrics
-from .settings import Settings
-from .tls import ReloadingServerTLS, TLSLoadError
+from gvirtus_kai_webhook.admission import AdmissionReviewer
+from gvirtus_kai_webhook.app import build_app
+from gvirtus_kai_webhook.dns import BackendResolver
+from gvirtus_kai_webhook.metrics import WebhookMetrics
+from gvirtus_kai_webhook.settings import Settings
+from gvirtus_kai_webhook.tls import ReloadingServerTLS, TLSLoadError
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ import os
 import ssl
 from pathlib import Path
 
-from .metrics import WebhookMetrics
+from gvirtus_kai_webhook.metrics import WebhookMetrics
 
 log = logging.getLogger(__name__)
 
