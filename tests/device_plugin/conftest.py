@@ -111,6 +111,8 @@ async def plugin_process(
 ) -> AsyncIterator[PluginProcess]:
     async with running_plugin(plugin_dir, cdi_dir) as plugin:
         await kubelet.wait_for_registrations(1)
+        # The kubelet has the request; the plugin is registered once it has the answer too.
+        assert await status_within(plugin, "/readyz", 200) == 200
         yield plugin
 
 
