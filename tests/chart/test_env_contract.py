@@ -93,7 +93,9 @@ DESIGN_SETTINGS = {
 # reads, and the webhook's ENABLE_LABEL, the pod label key of the chart's objectSelector (the
 # webhook must check the label it is sent for).
 CHART_SETS = {
-    "webhook": DESIGN_SETTINGS["webhook"] | {"ENABLE_LABEL"},
+    # The shutdown pair ties the webhook's drain to terminationGracePeriodSeconds.
+    "webhook": DESIGN_SETTINGS["webhook"]
+    | {"ENABLE_LABEL", "SHUTDOWN_DELAY_SECONDS", "SHUTDOWN_DRAIN_SECONDS"},
     "controller": DESIGN_SETTINGS["controller"],
     "labeler": DESIGN_SETTINGS["labeler"] | {"LOG_LEVEL"},
     "device-plugin": DESIGN_SETTINGS["device-plugin"] | {"LOG_LEVEL"},
@@ -204,7 +206,21 @@ def test_webhook_defaults_match_the_design_table() -> None:
         "GVIRTUS_KAI_GPU_RESOURCE": "nvidia.com/gpu",
         "GVIRTUS_KAI_ENABLE_LABEL": "gvirtus.io/enabled",
         "GVIRTUS_KAI_LOG_LEVEL": "info",
+        "GVIRTUS_KAI_SHUTDOWN_DELAY_SECONDS": "1",
+        "GVIRTUS_KAI_SHUTDOWN_DRAIN_SECONDS": "10",
     }
+
+
+def test_webhook_shutdown_settings_parse_from_the_rendered_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    values = {"webhook.shutdownDelaySeconds": 3, "webhook.timeoutSeconds": 25}
+    for name, value in env_of(render(values=values).one("Deployment", "webhook")).items():
+        monkeypatch.setenv(name, value)
+    settings = WebhookSettings()
+    assert settings.shutdown_delay_seconds == 3
+    # Reviews in flight may finish for as long as the API server still waits for them.
+    assert settings.shutdown_drain_seconds == 25
 
 
 def test_device_plugin_defaults_match_the_design_table() -> None:

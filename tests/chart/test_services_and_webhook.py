@@ -135,24 +135,46 @@ def test_backend_command_args_and_env_pass_through() -> None:
     assert backend["env"] == [{"name": "GVIRTUS_LOGLEVEL", "value": "10000"}]
 
 
+def _shutdown_seconds(webhook: dict[str, Any]) -> float:
+    """What the webhook process spends after SIGTERM at most: its delay and its drain."""
+    env = {e["name"]: e.get("value") for e in container(webhook)["env"]}
+    delay = float(env["GVIRTUS_KAI_SHUTDOWN_DELAY_SECONDS"])
+    return delay + float(env["GVIRTUS_KAI_SHUTDOWN_DRAIN_SECONDS"])
+
+
 def test_webhook_sleeps_before_sigterm_so_endpoints_drain_first() -> None:
     webhook = render().one("Deployment", "webhook")
     assert container(webhook)["lifecycle"] == {"preStop": {"sleep": {"seconds": 5}}}
-    # After the sleep, in-flight reviews get one API-server webhook timeout to finish.
-    assert pod_spec(webhook)["terminationGracePeriodSeconds"] == 5 + 10
+    # Then 1 s of serving while not ready and one API-server webhook timeout of drain.
+    assert pod_spec(webhook)["terminationGracePeriodSeconds"] == 5 + 1 + 10
 
 
-def test_webhook_grace_period_follows_the_sleep_and_the_webhook_timeout() -> None:
-    values = {"webhook.preStopSleepSeconds": 12, "webhook.timeoutSeconds": 25}
+@pytest.mark.parametrize(
+    "values",
+    [
+        {},
+        {"webhook.preStopSleepSeconds": 12, "webhook.timeoutSeconds": 25},
+        {"webhook.shutdownDelaySeconds": 0, "webhook.timeoutSeconds": 3},
+        {"webhook.preStopSleepSeconds": 0, "webhook.shutdownDelaySeconds": 7},
+    ],
+)
+def test_webhook_grace_period_covers_the_sleep_and_the_servers_whole_shutdown(
+    values: dict[str, Any],
+) -> None:
+    # The kubelet kills the container when the grace period ends: it must not cut the drain.
     webhook = render(values=values).one("Deployment", "webhook")
-    assert container(webhook)["lifecycle"]["preStop"]["sleep"]["seconds"] == 12
-    assert pod_spec(webhook)["terminationGracePeriodSeconds"] == 37
+    sleep = container(webhook).get("lifecycle", {}).get("preStop", {}).get("sleep", {})
+    grace = pod_spec(webhook)["terminationGracePeriodSeconds"]
+    assert grace == sleep.get("seconds", 0) + _shutdown_seconds(webhook)
+    drain = next(e for e in container(webhook)["env"] if e["name"].endswith("_DRAIN_SECONDS"))
+    hook = render(values=values).one("MutatingWebhookConfiguration")["webhooks"][0]
+    assert drain["value"] == str(hook["timeoutSeconds"])
 
 
 def test_webhook_without_a_pre_stop_sleep_has_no_lifecycle_hook() -> None:
     webhook = render(values={"webhook.preStopSleepSeconds": 0}).one("Deployment", "webhook")
     assert "lifecycle" not in container(webhook)
-    assert pod_spec(webhook)["terminationGracePeriodSeconds"] == 10
+    assert pod_spec(webhook)["terminationGracePeriodSeconds"] == 1 + 10
 
 
 def test_webhook_turns_unready_within_seconds() -> None:
