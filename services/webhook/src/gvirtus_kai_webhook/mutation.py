@@ -16,6 +16,7 @@ import posixpath
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Literal, NamedTuple, TypeGuard
 
 from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION, properties_json
@@ -82,6 +83,7 @@ class _Plan:
     selector_value: str
 
 
+@lru_cache(maxsize=16)  # immutable, and the same for every review until the address changes
 def _plan(settings: Settings, backend_address: str) -> _Plan:
     # GVirtuS only accepts an IP in server_address; a host name here is a caller bug.
     address = str(ipaddress.ip_address(backend_address))
