@@ -53,6 +53,12 @@ async def test_unknown_path_is_a_json_404_naming_the_path(client: httpx.AsyncCli
     assert_json_error(await client.post("/validate", content=b"{}"), 404, "no route /validate")
 
 
+async def test_a_huge_unknown_path_is_clipped_in_the_404(client: httpx.AsyncClient) -> None:
+    response = await client.post("/" + "a" * 10_000, content=b"{}")
+    assert_json_error(response, 404, "(clipped, 10001 characters in all)")
+    assert len(response.content) < 300
+
+
 async def test_trailing_slash_on_mutate_is_a_404_not_a_redirect(
     client: httpx.AsyncClient,
 ) -> None:

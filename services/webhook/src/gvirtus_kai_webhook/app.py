@@ -15,6 +15,7 @@ from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
+from gvirtus_kai_common.logs import clip
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.requests import ClientDisconnect
@@ -97,7 +98,7 @@ def build_app(
         assert isinstance(exc, StarletteHTTPException)
         headers = dict(exc.headers) if exc.headers else None
         if exc.status_code == 404:
-            message = f"no route {request.url.path[:100]}"
+            message = f"no route {clip(request.url.path, 100)}"
         elif exc.status_code == 405 and headers and "Allow" in headers:
             message = f"use {headers['Allow']}"
         else:
@@ -108,7 +109,11 @@ def build_app(
     async def unexpected_error(request: Request, exc: Exception) -> Response:
         log.error(
             "unexpected failure",
-            extra={"method": request.method, "path": request.url.path[:100], "error": repr(exc)},
+            extra={
+                "method": clip(request.method, 16),
+                "path": clip(request.url.path, 100),
+                "error": clip(repr(exc)),
+            },
         )
         return error_response(500, "internal error; see the webhook logs")
 
