@@ -114,11 +114,11 @@ def bench(creates: int) -> list[str]:
     with tempfile.TemporaryDirectory(prefix="apiserver-bench-") as work:
         plane = ControlPlane(Path(work) / "control-plane").start()
         dns = LoopbackDnsServer().start()
+        cluster = Cluster(plane, dns)
+        release = Release(cluster)
         try:
-            cluster = Cluster(plane, dns)
             for node in NODES:
                 cluster.add_node(node)
-            release = Release(cluster)
             release.install({"webhook.logLevel": "warning"})
             release.start_webhook(Path(work))
             ensure_namespace(cluster, WITH)
@@ -128,8 +128,8 @@ def bench(creates: int) -> list[str]:
             called = release.admissions() - before
             buckets = webhook_call_buckets(plane)
             check_mutation(cluster)
-            release.stop_webhook()
         finally:
+            release.stop_processes()
             dns.stop()
             plane.stop()
     if called != WARM_UP + creates:

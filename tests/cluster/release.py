@@ -133,9 +133,13 @@ class Release:
     def upgrade(self, values: Mapping[str, Any] | None = None) -> str:
         return self._helm("upgrade", values or {})
 
-    def uninstall(self) -> None:
+    def stop_processes(self) -> None:
+        """Stop the local webhook and controller processes, if running."""
         self.stop_controller()
         self.stop_webhook()
+
+    def uninstall(self) -> None:
+        self.stop_processes()
         self.cluster.helm("uninstall", self.name, "--namespace", self.namespace, "--wait")
 
     def manifests(self) -> list[dict[str, Any]]:
@@ -275,6 +279,7 @@ class Release:
             self.controller = subprocess.Popen(
                 [str(Path(sys.executable).with_name("gvirtus-controller"))],
                 env=env,
+                stdout=subprocess.DEVNULL,
                 stderr=log,
                 start_new_session=True,
             )
