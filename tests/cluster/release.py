@@ -255,8 +255,12 @@ class Release:
         with self.work_file("webhook.log").open("ab") as log:
             self.webhook = start_webhook(settings, stderr=log)
         wait_until(self._webhook_ready, "the local webhook process to answer /readyz")
-        backend = settings["BACKEND_HOST"].split(".")
-        self.cluster.publish_service(backend[1], backend[0])
+        service, namespace = settings["BACKEND_HOST"].split(".")[:2]
+        # A headless Service's records are its ready endpoints: wait for the backends' to appear.
+        wait_until(
+            lambda: self.cluster.publish_service(namespace, service) or not self.backend_addresses,
+            f"DNS records for the backend Service {namespace}/{service}",
+        )
         self.wait_until_called()
         return self.webhook
 

@@ -39,10 +39,11 @@ def pod_template_labels(obj: dict[str, Any]) -> dict[str, str]:
     return labels
 
 
-def assert_mutated(pod: Pod) -> None:
+def assert_mutated(pod: Pod, backends: list[str]) -> None:
     """What every GVirtuS pod carries once the webhook patched it: the frontend nodeSelector and
-    its frontend configuration, as a projected annotation (mount), a wrapped command (sed) or,
-    with the placement controller, a scheduling gate awaiting the backend address."""
+    its frontend configuration, as a projected annotation (mount) naming one of the ``backends``,
+    a wrapped command (sed) or, with the placement controller, a scheduling gate awaiting the
+    backend address."""
     assert pod.metadata is not None
     assert pod.spec is not None
     name = pod.metadata.name
@@ -51,12 +52,16 @@ def assert_mutated(pod: Pod) -> None:
     gates = [gate.name for gate in pod.spec.schedulingGates or []]
     commands = [c.command or [] for c in pod.spec.containers]
     if PROPERTIES_ANNOTATION in annotations:
-        properties = json.loads(annotations[PROPERTIES_ANNOTATION])
-        assert properties["communicator"][0]["endpoint"]["protocol"] == "tcp", name
+        endpoint = json.loads(annotations[PROPERTIES_ANNOTATION])["communicator"][0]["endpoint"]
+        assert endpoint["protocol"] == "tcp", name
+        if GATE not in gates:  # pinned at admission: the DNS answer, a ready backend pod
+            assert endpoint["server_address"] in backends, name
         env = {e.name for c in pod.spec.containers for e in c.env or []}
         assert "GVIRTUS_CONFIG" in env, name
     elif GATE not in gates:
-        assert any(command[:2] == ["/bin/sh", "-c"] for command in commands), name
+        scripts = [command[2] for command in commands if command[:2] == ["/bin/sh", "-c"]]
+        assert scripts, name
+        assert any(backend in scripts[0] for backend in backends), name
 
 
 def created_pods(cluster: Cluster, namespace: str, labels: dict[str, str], count: int) -> list[Pod]:
@@ -86,7 +91,7 @@ def test_every_example_is_mutated_by_the_webhook_and_accepted_by_the_api_server(
             selector = obj["spec"]["selector"]["matchLabels"]
             pods = created_pods(cluster, namespace, selector, obj["spec"].get("replicas", 1))
         for pod in pods:
-            assert_mutated(pod)
+            assert_mutated(pod, release.backend_addresses)
         cluster.kubectl("delete", obj["kind"], name, "-n", namespace, "--wait=false")
 
 
@@ -109,7 +114,7 @@ def test_a_jobs_pods_are_mutated(cluster: Cluster, release: Release) -> None:
     cluster.client.create(job)
 
     [pod] = created_pods(cluster, "batch", {"job": "train"}, 1)
-    assert_mutated(pod)
+    assert_mutated(pod, release.backend_addresses)
 
 
 def test_the_webhook_is_called_only_for_labelled_pods_in_included_namespaces(
