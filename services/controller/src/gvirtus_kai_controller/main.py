@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 
 from gvirtus_kai_common.health import HealthServer
+from gvirtus_kai_common.kube import api_client
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.settings import EXIT_BAD_SETTINGS, load_settings
 from gvirtus_kai_common.shutdown import run_until_stopped
-from lightkube import AsyncClient, ConfigError, KubeConfig
 
 from gvirtus_kai_controller.controller import Controller
 from gvirtus_kai_controller.leader import LeaderElector
@@ -27,15 +27,9 @@ EXIT_FAILED = 1
 
 async def run(settings: Settings) -> int:
     """Run the controller until SIGTERM/SIGINT; the exit status."""
-    try:
-        config = KubeConfig.from_env()
-    except (ConfigError, OSError) as error:
-        log.error(
-            "no Kubernetes API configuration: not in a cluster and no usable KUBECONFIG",
-            extra={"error": str(error)},
-        )
+    client = api_client(PROGRAM, settings.log_level)
+    if client is None:
         return EXIT_BAD_SETTINGS
-    client = AsyncClient(config, field_manager=PROGRAM)
     metrics = Metrics()
     elector: LeaderElector | None = None
     controller: Controller
@@ -92,10 +86,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     description = "Assign each gated GVirtuS pod one ready backend, then release it."
     settings = load_settings(Settings, PROGRAM, argv, description=description)
     setup_logging(settings.log_level)
-    if settings.log_level != "debug":
-        # The HTTP client logs every request at info: one line per watch event is noise.
-        for chatty in ("httpx2", "httpcore2"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
     return asyncio.run(run(settings))
 
 

@@ -9,10 +9,10 @@ import sys
 from collections.abc import Sequence
 
 from gvirtus_kai_common.health import HealthServer
+from gvirtus_kai_common.kube import api_client
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.settings import EXIT_BAD_SETTINGS, load_settings
 from gvirtus_kai_common.shutdown import run_until_stopped
-from lightkube import AsyncClient, ConfigError, KubeConfig
 from prometheus_client import CollectorRegistry
 
 from gvirtus_kai_labeler.controller import ApiFailure, Labeler, NodeNotFound
@@ -42,15 +42,9 @@ def command_line() -> argparse.ArgumentParser:
 
 
 async def _run(settings: Settings, once: bool, all_nodes: bool) -> int:
-    try:
-        config = KubeConfig.from_env()
-    except (ConfigError, OSError) as error:
-        log.error(
-            "no Kubernetes API configuration: not in a cluster and no usable KUBECONFIG",
-            extra={"error": str(error)},
-        )
+    client = api_client(PROGRAM, settings.log_level)
+    if client is None:
         return EXIT_BAD_SETTINGS
-    client = AsyncClient(config, field_manager=PROGRAM)
     registry = CollectorRegistry()
     labeler = Labeler(
         client,
@@ -110,10 +104,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         )
         return EXIT_BAD_SETTINGS
     setup_logging(settings.log_level)
-    if settings.log_level != "debug":
-        # The HTTP client logs every request at info: one line per watch event is noise.
-        for chatty in ("httpx2", "httpcore2"):
-            logging.getLogger(chatty).setLevel(logging.WARNING)
     return asyncio.run(_run(settings, once=flags.once, all_nodes=flags.all_nodes))
 
 
