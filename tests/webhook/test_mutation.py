@@ -177,7 +177,7 @@ def test_annotation_key_is_escaped_and_other_annotations_are_kept() -> None:
     paths = [op["path"] for op in ops(obj)]
     assert "/metadata/annotations/gvirtus.io~1properties" in paths
     annotations = mutated(obj)["metadata"]["annotations"]
-    assert annotations["example.com/owner~team"] == "search/ranking"
+    assert annotations["example.com/owner-team"] == "search/ranking"
     assert annotations["prometheus.io/scrape"] == "true"
 
 
