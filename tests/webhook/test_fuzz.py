@@ -53,11 +53,14 @@ from tests.webhook.reviews import (
     valid_pods,
     wrong_typed,
 )
-from tests.webhookproc import BACKEND_HOST, WebhookProcess, api_server_client, start_webhook
+from tests.webhookproc import WebhookProcess, api_server_client, start_webhook
 
 V1 = ADMISSION_VERSIONS[0]
 DEFAULT_HOME = "/usr/local/gvirtus"
-BACKEND_PORT = 34567
+# Every pod is pinned at admission to the backend found by DNS (PLACEMENT=dns), so every patch
+# carries the address to check.
+BACKEND_HOST = "backend.fuzz.svc.cluster.local"
+BACKEND_PORT = 9999
 
 
 def fuzz(examples: int) -> settings:
@@ -96,6 +99,9 @@ def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
                 "TLS_CERT_FILE": str(volume.cert_file),
                 "TLS_KEY_FILE": str(volume.key_file),
                 "DNS_NAMESERVERS": dns.nameserver,
+                "PLACEMENT": "dns",
+                "BACKEND_HOST": BACKEND_HOST,
+                "BACKEND_PORT": str(BACKEND_PORT),
                 "LOG_LEVEL": "warning",
             },
             stderr=stderr,
