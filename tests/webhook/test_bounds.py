@@ -163,6 +163,30 @@ def test_a_body_sent_a_byte_at_a_time_gets_408_at_the_body_deadline(
     assert closed_at - started < BODY_SECONDS + SLACK
 
 
+def test_a_client_still_sending_after_its_408_is_let_go_without_an_error_logged(
+    webhook: RunningWebhook,
+) -> None:
+    """It never reads the answer nor answers the TLS close: a client problem, not a failure of
+    the webhook (it once logged one, with a Hypercorn traceback)."""
+    body = json.dumps(review_document()).encode()
+    head = (
+        f"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n"
+    ).encode()
+    with tls_connection(webhook) as connection:
+        connection.sendall(head)
+        started = time.monotonic()
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            for byte in body:  # past the body deadline and the close that follows
+                connection.sendall(bytes([byte]))
+                time.sleep(0.05)
+                if time.monotonic() - started > BODY_SECONDS + 2.0:
+                    break
+        answer, _ = read_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 408")
+    assert [line for line in webhook.log_lines() if line["level"] == "error"] == []
+
+
 def exchange(connection: ssl.SSLSocket, method: str, path: str, body: str = "") -> bytes:
     """One HTTP/1.1 request on an open connection, kept alive; the whole answer."""
     head = f"{method} {path} HTTP/1.1\r\nHost: webhook\r\nContent-Length: {len(body)}\r\n"

@@ -89,6 +89,15 @@ def hypercorn_config(settings: Settings) -> Config:
     return config
 
 
+class ClientStreamProtocol(asyncio.StreamReaderProtocol):
+    """A client that never answers our TLS close_notify (one still trickling a body after its
+    408, say) is gone all the same: the connection ends as a close, not as the "SSL shutdown
+    timed out" error Hypercorn would raise into the app, which logged it as a failure of ours."""
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        super().connection_lost(None if isinstance(exc, TimeoutError) else exc)
+
+
 class WebhookServer:
     """HTTPS for the app: at most ``max_connections`` at once, stopped in the rollout's order."""
 
@@ -162,7 +171,7 @@ class WebhookServer:
     async def _serve_connection(self, connection: socket.socket) -> None:
         loop = asyncio.get_running_loop()
         reader = asyncio.StreamReader()
-        protocol = asyncio.StreamReaderProtocol(reader)
+        protocol = ClientStreamProtocol(reader)
         try:
             transport, _ = await loop.connect_accepted_socket(
                 lambda: protocol,
