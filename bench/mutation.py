@@ -54,17 +54,25 @@ def pod(name: str) -> dict[str, Any]:
 
 
 def mutation_rows(rounds: int) -> list[str]:
-    settings = Settings()
+    settings = Settings(placement="dns")
     gpu = pod("pod-gpu-v1.json")
     already = copy.deepcopy(gpu)
     apply_patch(already, mutate_pod(gpu, settings, BACKEND_IP).patch)
+    gated = Settings(placement="controller")
+    rows = [
+        row(
+            "mutate_pod, GPU pod review (mount, gated)",
+            per_call_us(lambda: mutate_pod(gpu, gated, None), rounds),
+            "us",
+            TARGET_MUTATION_US,
+        )
+    ]
     cases = {
-        "mutate_pod, GPU pod review (mount)": gpu,
+        "mutate_pod, GPU pod review (mount, pinned)": gpu,
         "mutate_pod, 3-container StatefulSet pod": pod("pod-multi-container-v1.json"),
         "mutate_pod, Job pod (sed)": pod("pod-sed-job-v1.json"),
         "mutate_pod, already mutated (empty patch)": already,
     }
-    rows = []
     for name, obj in cases.items():
 
         def call(obj: dict[str, Any] = obj) -> object:
@@ -80,7 +88,7 @@ def inject_rows(copies: int) -> list[str]:
     sources = split_documents(text)
     documents = [source.document for source in sources if source.document is not None]
     parsed = time.perf_counter()
-    report = inject(documents, Settings(), BACKEND_IP)
+    report = inject(documents, Settings(placement="dns"), BACKEND_IP)
     output = render(sources, report.changed)
     elapsed = time.perf_counter() - started
     if report.errors or not output:

@@ -269,6 +269,7 @@ def bench(seconds: int, runs: int) -> tuple[list[str], bool]:
                 "TLS_CERT_FILE": str(volume.cert_file),
                 "TLS_KEY_FILE": str(volume.key_file),
                 "DNS_NAMESERVERS": nameserver,
+                "PLACEMENT": "dns",  # pinned by DNS, like the original: the same work per review
                 "LOG_LEVEL": "info",
             },
             stderr=webhook_log,

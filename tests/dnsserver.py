@@ -116,6 +116,10 @@ class LoopbackDnsServer:
     def set_aaaa(self, name: str, *addresses: str, ttl: int = 30) -> None:
         self._set(name, _Name("answer", aaaa=list(addresses), ttl=ttl))
 
+    def set_dual_stack(self, name: str, a: list[str], aaaa: list[str], ttl: int = 30) -> None:
+        """The name has both A and AAAA records (a dual-stack headless Service)."""
+        self._set(name, _Name("answer", a=list(a), aaaa=list(aaaa), ttl=ttl))
+
     def set_nxdomain(self, name: str) -> None:
         self._set(name, _Name("nxdomain"))
 

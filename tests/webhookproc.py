@@ -23,7 +23,8 @@ import httpx
 
 from tests.tlsfiles import VERIFIED_NAME
 
-BACKEND_HOST = "gvirtus-backend.gvirtus-system.svc.cluster.local"
+# The default of GVIRTUS_KAI_BACKEND_HOST: the headless Service of the ready backend pods.
+BACKEND_HOST = "gvirtus-backend-headless.gvirtus-system.svc.cluster.local"
 
 
 def free_port() -> int:

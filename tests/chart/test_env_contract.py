@@ -6,10 +6,10 @@ belongs to the same contract.
 
 from __future__ import annotations
 
-import importlib
 from typing import Any
 
 import pytest
+from gvirtus_kai_controller.settings import Settings as ControllerSettings
 from gvirtus_kai_device_plugin.settings import Settings as DevicePluginSettings
 from gvirtus_kai_labeler.settings import Settings as LabelerSettings
 from gvirtus_kai_webhook.settings import Settings as WebhookSettings
@@ -20,30 +20,6 @@ from tests.chart.conftest import NAMESPACE, container, env_of, render
 PREFIX = "GVIRTUS_KAI_"
 
 
-def _controller_settings() -> type[BaseSettings] | None:
-    try:
-        module = importlib.import_module("gvirtus_kai_controller.settings")
-    except ModuleNotFoundError:
-        return None
-    settings: type[BaseSettings] = module.Settings
-    return settings
-
-
-ControllerSettings = _controller_settings()
-# The chart renders the placement contract before the services implement all of it: each mark
-# lifts itself once the setting exists, and then the test checks the real class.
-AWAITING_CONTROLLER = pytest.mark.xfail(
-    ControllerSettings is None,
-    reason="services/controller (gvirtus_kai_controller.settings) has not landed yet",
-    raises=(AssertionError, ModuleNotFoundError, KeyError),
-    strict=True,
-)
-AWAITING_WEBHOOK_PLACEMENT = pytest.mark.xfail(
-    "placement" not in WebhookSettings.model_fields,
-    reason="the webhook has no GVIRTUS_KAI_PLACEMENT setting yet (issue 9 placement contract)",
-    raises=AssertionError,
-    strict=True,
-)
 # design.md, "Process interfaces": the settings each process reads (prefix omitted).
 DESIGN_SETTINGS = {
     "webhook": {
@@ -106,25 +82,12 @@ WORKLOADS = {
     "labeler": "DaemonSet",
     "device-plugin": "DaemonSet",
 }
-SETTINGS: dict[str, Any] = {
-    "webhook": pytest.param("webhook", marks=AWAITING_WEBHOOK_PLACEMENT),
-    "controller": pytest.param("controller", marks=AWAITING_CONTROLLER),
-    "labeler": "labeler",
-    "device-plugin": "device-plugin",
+SETTINGS: dict[str, type[BaseSettings]] = {
+    "webhook": WebhookSettings,
+    "controller": ControllerSettings,
+    "labeler": LabelerSettings,
+    "device-plugin": DevicePluginSettings,
 }
-
-
-def settings_class(component: str) -> type[BaseSettings]:
-    classes: dict[str, type[BaseSettings] | None] = {
-        "webhook": WebhookSettings,
-        "controller": ControllerSettings,
-        "labeler": LabelerSettings,
-        "device-plugin": DevicePluginSettings,
-    }
-    found = classes[component]
-    if found is None:
-        raise ModuleNotFoundError(f"no settings class for {component}")
-    return found
 
 
 @pytest.mark.parametrize("component", sorted(WORKLOADS))
@@ -134,18 +97,18 @@ def test_chart_sets_the_design_settings_of_each_service(component: str) -> None:
     assert all(name.startswith(PREFIX) for name in env)
 
 
-@pytest.mark.parametrize("component", [SETTINGS[c] for c in sorted(SETTINGS)])
+@pytest.mark.parametrize("component", sorted(SETTINGS))
 def test_every_env_name_is_a_field_of_the_service_settings(component: str) -> None:
-    settings = settings_class(component)
+    settings = SETTINGS[component]
     env = env_of(render().one(WORKLOADS[component], component))
     fields = {name.upper() for name in settings.model_fields}
     assert {name.removeprefix(PREFIX) for name in env} <= fields
     assert settings.model_config.get("env_prefix") == PREFIX
 
 
-@pytest.mark.parametrize("component", [SETTINGS[c] for c in sorted(SETTINGS)])
+@pytest.mark.parametrize("component", sorted(SETTINGS))
 def test_design_settings_are_all_known_to_the_service(component: str) -> None:
-    fields = {name.upper() for name in settings_class(component).model_fields}
+    fields = {name.upper() for name in SETTINGS[component].model_fields}
     assert fields >= DESIGN_SETTINGS[component]
 
 
@@ -419,17 +382,15 @@ def test_both_placement_paths_pin_to_the_headless_service_and_the_container_port
     assert controller["GVIRTUS_KAI_BACKEND_PORT_NAME"] == port["name"]
 
 
-@AWAITING_CONTROLLER
 def test_controller_settings_parse_the_rendered_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    settings_type = settings_class("controller")
     workload = render("controller-ha-evict-values.yaml").one("Deployment", "controller")
     for name, value in env_of(workload).items():
         if isinstance(value, str):  # the pod name comes from the downward API at run time
             monkeypatch.setenv(name, value)
     monkeypatch.setenv("GVIRTUS_KAI_POD_NAME", "gvirtus-kai-controller-0")
-    settings: Any = settings_type()
+    settings = ControllerSettings()
     assert settings.policy == "sameZone"
     assert settings.max_pods_per_backend == 4
     assert settings.on_backend_loss == "evict"
@@ -438,7 +399,6 @@ def test_controller_settings_parse_the_rendered_environment(
     assert settings.backend_service == "gvirtus-backend-headless"
 
 
-@AWAITING_WEBHOOK_PLACEMENT
 @pytest.mark.parametrize(
     ("values", "placement"), [({}, "controller"), ({"controller.enabled": False}, "dns")]
 )
@@ -447,5 +407,12 @@ def test_webhook_settings_read_the_rendered_placement(
 ) -> None:
     for name, value in env_of(render(values=values).one("Deployment", "webhook")).items():
         monkeypatch.setenv(name, value)
-    settings: Any = WebhookSettings()
-    assert getattr(settings, "placement", None) == placement
+    assert WebhookSettings().placement == placement
+
+
+def test_the_webhooks_own_defaults_are_the_charts() -> None:
+    # Outside the chart (gvirtus-kai inject, a hand-run webhook) the same contract holds.
+    env = env_of(render().one("Deployment", "webhook"))
+    defaults = WebhookSettings.model_fields
+    for name in ("placement", "backend_host", "backend_port"):
+        assert str(defaults[name].default) == env[f"{PREFIX}{name.upper()}"], name

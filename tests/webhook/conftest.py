@@ -41,7 +41,10 @@ def dns_server() -> Iterator[LoopbackDnsServer]:
 
 
 def settings_for(server: LoopbackDnsServer, **overrides: Any) -> Settings:
+    """Settings that resolve the backend through ``server``; pods are pinned by DNS unless
+    ``placement="controller"`` is given (the gated path has tests of its own)."""
     values: dict[str, Any] = {
+        "placement": "dns",
         "backend_host": BACKEND_HOST,
         "dns_nameservers": server.nameserver,
         "dns_timeout_seconds": 1.0,

@@ -13,7 +13,12 @@ from typing import Any
 import kubernetes_validate
 import pytest
 import yaml
-from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION, frontend_config
+from gvirtus_kai_common.gvirtus import (
+    BACKEND_ANNOTATION,
+    BACKEND_GATE,
+    PROPERTIES_ANNOTATION,
+    frontend_config,
+)
 from gvirtus_kai_webhook.mutation import (
     CONFIG_ENV,
     is_sed_wrapped,
@@ -22,12 +27,12 @@ from gvirtus_kai_webhook.settings import Settings
 from gvirtus_kai_webhook.workloads import pod_sites
 
 from tests.dnsserver import LoopbackDnsServer
+from tests.webhookproc import BACKEND_HOST
 
 from .pods import BACKEND_IP, KUBERNETES_VERSION, assert_valid_pod, env_of
 
 CLI = str(Path(sys.executable).with_name("gvirtus-kai"))
 WORKLOADS = Path(__file__).parent / "fixtures" / "manifests" / "workloads.yaml"
-BACKEND_HOST = "gvirtus-backend.gvirtus-system.svc.cluster.local"
 MUTATED_KINDS = [
     "Pod",
     "Deployment",
@@ -62,12 +67,19 @@ def inject(*args: str, stdin: str | None = None, **env: str) -> list[Any]:
     return list(yaml.safe_load_all(result.stdout))
 
 
+def is_enabled(pod: dict[str, Any]) -> bool:
+    return bool(pod["metadata"].get("labels", {}).get("gvirtus.io/enabled") == "true")
+
+
 def as_pod(site_pod: dict[str, Any]) -> dict[str, Any]:
     return {"apiVersion": "v1", "kind": "Pod", **site_pod}
 
 
 def loaded_workloads() -> list[Any]:
     return list(yaml.safe_load_all(WORKLOADS.read_text()))
+
+
+ENABLED = {"labels": {"gvirtus.io/enabled": "true"}}
 
 
 @pytest.fixture
@@ -209,19 +221,21 @@ def test_settings_come_from_the_environment() -> None:
     assert config["communicator"][0]["endpoint"]["port"] == "40000"
 
 
-def test_an_ipv6_backend_address_is_accepted() -> None:
-    (pod,) = inject(
-        "-f", "-", "--backend-address", "fd00::2a", stdin=yaml.safe_dump(loaded_workloads()[1])
-    )
-    config = json.loads(pod["metadata"]["annotations"][PROPERTIES_ANNOTATION])
-    assert config["communicator"][0]["endpoint"]["server_address"] == "fd00::2a"
-
-
-def test_a_backend_host_name_instead_of_an_ip_is_a_usage_error() -> None:
-    result = run("inject", "-f", str(WORKLOADS), "--backend-address", "gvirtus-backend")
+@pytest.mark.parametrize("address", ["fd00::2a", "gvirtus-backend", "10.0.0.256", "10.0.0.1:9999"])
+def test_a_backend_address_that_is_not_ipv4_is_a_usage_error(address: str) -> None:
+    result = run("inject", "-f", str(WORKLOADS), "--backend-address", address)
     assert result.returncode == 2
-    assert "not an IP address" in result.stderr
+    assert "is not an IPv4 address" in result.stderr
+    assert "no host names, no IPv6" in result.stderr
     assert result.stdout == ""
+
+
+def test_a_pinned_pod_names_its_backend_with_the_backend_port() -> None:
+    (pod,) = inject(
+        "-f", "-", "--backend-address", BACKEND_IP, stdin=yaml.safe_dump(loaded_workloads()[1])
+    )
+    assert pod["metadata"]["annotations"][BACKEND_ANNOTATION] == f"{BACKEND_IP}:9999"
+    assert "schedulingGates" not in pod["spec"]
 
 
 def test_version_is_printed() -> None:
@@ -247,10 +261,51 @@ def test_an_unresolvable_backend_fails_naming_the_host(dns: LoopbackDnsServer) -
         "inject", "-f", str(WORKLOADS), env={"GVIRTUS_KAI_DNS_NAMESERVERS": dns.nameserver}
     )
     assert result.returncode == 1
-    assert f"cannot resolve the GVirtuS backend Service {BACKEND_HOST}" in result.stderr
+    assert f"no ready GVirtuS backend was found behind {BACKEND_HOST}" in result.stderr
     assert "NXDOMAIN" in result.stderr
     assert "--backend-address" in result.stderr  # what to do outside the cluster
     assert result.stdout == ""
+
+
+def test_an_ipv6_only_backend_fails_saying_gvirtus_needs_ipv4(dns: LoopbackDnsServer) -> None:
+    dns.set_aaaa(BACKEND_HOST, "fd00::10")
+    result = run(
+        "inject", "-f", str(WORKLOADS), env={"GVIRTUS_KAI_DNS_NAMESERVERS": dns.nameserver}
+    )
+    assert result.returncode == 1
+    assert "has only IPv6 addresses (fd00::10)" in result.stderr
+    assert "GVirtuS needs an IPv4 server_address" in result.stderr
+    assert "--backend-address" in result.stderr
+    assert result.stdout == ""
+
+
+def test_each_pod_is_pinned_to_one_ready_backend_chosen_uniformly(dns: LoopbackDnsServer) -> None:
+    backends = ["10.244.1.7", "10.244.2.9", "10.244.3.4"]
+    dns.set_a(BACKEND_HOST, *backends)
+    pods = [{**loaded_workloads()[1], "metadata": {**ENABLED, "name": f"p{n}"}} for n in range(300)]
+    out = inject(
+        "-f", "-", stdin=yaml.safe_dump_all(pods), GVIRTUS_KAI_DNS_NAMESERVERS=dns.nameserver
+    )
+    chosen = [pod["metadata"]["annotations"][BACKEND_ANNOTATION] for pod in out]
+    counts = {backend: chosen.count(f"{backend}:9999") for backend in backends}
+    assert sum(counts.values()) == 300  # every pod on one of the A records
+    # Each expects 100 (standard deviation about 8): a bound of 50 fails a uniform choice
+    # with odds below 1e-9, and a choice that favours one backend.
+    assert all(50 < count < 150 for count in counts.values()), counts
+    for pod in out:
+        properties = json.loads(pod["metadata"]["annotations"][PROPERTIES_ANNOTATION])
+        address = properties["communicator"][0]["endpoint"]["server_address"]
+        assert pod["metadata"]["annotations"][BACKEND_ANNOTATION] == f"{address}:9999"
+    assert dns.query_count(BACKEND_HOST, "A") == 1
+
+
+def test_dns_pinned_output_injected_again_keeps_its_backends(dns: LoopbackDnsServer) -> None:
+    dns.set_a(BACKEND_HOST, "10.244.1.7", "10.244.2.9", "10.244.3.4")
+    env = {"GVIRTUS_KAI_DNS_NAMESERVERS": dns.nameserver}
+    first = run("inject", "-f", str(WORKLOADS), env=env)
+    second = run("inject", "-f", "-", stdin=first.stdout, env=env)
+    assert second.returncode == 0, second.stderr
+    assert second.stdout == first.stdout
 
 
 def test_no_lookup_happens_when_no_document_is_enabled(dns: LoopbackDnsServer) -> None:
@@ -387,3 +442,86 @@ def test_invalid_settings_fail_naming_the_setting() -> None:
     )  # fmt: skip
     assert result.returncode == 2
     assert "GVIRTUS_KAI_BACKEND_PORT" in result.stderr
+
+
+# --- placement -------------------------------------------------------------------------------
+
+
+def test_controller_placement_gates_mount_pods_without_any_lookup(dns: LoopbackDnsServer) -> None:
+    dns.set_nxdomain(BACKEND_HOST)
+    out = inject(
+        "-f", str(WORKLOADS), "--placement", "controller",
+        GVIRTUS_KAI_DNS_NAMESERVERS=dns.nameserver,
+    )  # fmt: skip
+    enabled = [site.pod for document in out for site in pod_sites(document) if is_enabled(site.pod)]
+    assert len(enabled) == len(MUTATED_KINDS)
+    for pod in enabled:
+        assert [gate["name"] for gate in pod["spec"]["schedulingGates"]] == [BACKEND_GATE]
+        annotations = pod["metadata"].get("annotations") or {}
+        assert BACKEND_ANNOTATION not in annotations
+        assert PROPERTIES_ANNOTATION not in annotations
+        assert_valid_pod(as_pod(pod))
+    assert dns.query_count(BACKEND_HOST) == 0
+
+
+def test_the_placement_setting_is_honoured_when_set(dns: LoopbackDnsServer) -> None:
+    dns.set_nxdomain(BACKEND_HOST)
+    (pod,) = inject(
+        "-f", "-", stdin=yaml.safe_dump(loaded_workloads()[1]),
+        GVIRTUS_KAI_PLACEMENT="controller", GVIRTUS_KAI_DNS_NAMESERVERS=dns.nameserver,
+    )  # fmt: skip
+    assert pod["spec"]["schedulingGates"] == [{"name": BACKEND_GATE}]
+    assert dns.query_count(BACKEND_HOST) == 0
+
+
+def test_without_the_setting_or_the_flag_pods_are_pinned() -> None:
+    (pod,) = inject(
+        "-f", "-", "--backend-address", BACKEND_IP, stdin=yaml.safe_dump(loaded_workloads()[1])
+    )
+    assert "schedulingGates" not in pod["spec"]
+    assert pod["metadata"]["annotations"][BACKEND_ANNOTATION] == f"{BACKEND_IP}:9999"
+
+
+def test_the_flag_wins_over_the_setting() -> None:
+    (pod,) = inject(
+        "-f", "-", "--placement", "dns", "--backend-address", BACKEND_IP,
+        stdin=yaml.safe_dump(loaded_workloads()[1]), GVIRTUS_KAI_PLACEMENT="controller",
+    )  # fmt: skip
+    assert "schedulingGates" not in pod["spec"]
+
+
+def test_sed_pods_are_pinned_even_with_controller_placement(dns: LoopbackDnsServer) -> None:
+    dns.set_a(BACKEND_HOST, "10.244.1.7")
+    gated, sed = loaded_workloads()[1], loaded_workloads()[1]
+    sed["metadata"] = {**ENABLED, "name": "sed", "annotations": {"gvirtus.io/strategy": "sed"}}
+    sed["spec"]["containers"][0]["command"] = ["/vectorAdd"]
+    out = inject(
+        "-f", "-", "--placement", "controller", stdin=yaml.safe_dump_all([gated, sed]),
+        GVIRTUS_KAI_DNS_NAMESERVERS=dns.nameserver,
+    )  # fmt: skip
+    assert out[0]["spec"]["schedulingGates"] == [{"name": BACKEND_GATE}]
+    assert "schedulingGates" not in out[1]["spec"]
+    assert out[1]["metadata"]["annotations"][BACKEND_ANNOTATION] == "10.244.1.7:9999"
+    assert "10.244.1.7" in out[1]["spec"]["containers"][0]["command"][2]
+    assert dns.query_count(BACKEND_HOST, "A") == 1
+
+
+def test_an_unknown_placement_is_a_usage_error() -> None:
+    result = run("inject", "-f", str(WORKLOADS), "--placement", "nearest")
+    assert result.returncode == 2
+    assert "invalid choice: 'nearest'" in result.stderr
+
+
+def test_an_invalid_placement_setting_fails_naming_it() -> None:
+    result = run("inject", "-f", str(WORKLOADS), env={"GVIRTUS_KAI_PLACEMENT": "nearest"})
+    assert result.returncode == 2
+    assert "GVIRTUS_KAI_PLACEMENT" in result.stderr
+
+
+def test_help_documents_the_placement_choice() -> None:
+    result = run("inject", "--help")
+    assert result.returncode == 0
+    text = " ".join(result.stdout.split())
+    assert "--placement {controller,dns}" in text
+    assert "scheduling gate gvirtus.io/backend" in text
+    assert "Default: GVIRTUS_KAI_PLACEMENT when it is set, else dns" in text

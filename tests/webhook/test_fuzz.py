@@ -1,14 +1,17 @@
 """The webhook's one fuzz suite: generated AdmissionReviews over HTTPS to the real process.
 
 One ``gvirtus-webhook`` process serves every example over TLS (one keep-alive client, as the API
-server keeps one), resolving the backend in a DNS server on 127.0.0.1. Every review must get a
-well-formed answer: 200 with an AdmissionReview in the apiVersion asked, echoing the uid (400 with
-a JSON error body only when no uid can be read), never an internal error; an allowed patch always
-applies (``jsonpatch``). Generated valid pods (``reviews.valid_pods``) are allowed exactly when the
-rules restated here allow them; the patched pod is one Kubernetes 1.30 accepts (``podrules``),
-holds the GVirtuS config where the pod asked for it, and sent again gets no patch. A wrong type in
-a field the mutation reads is denied with 400. Afterwards the process must be healthy, having
-logged no error.
+server keeps one), resolving the backend in a DNS server on 127.0.0.1 and pinning every pod
+(``PLACEMENT=dns``); generated valid pods also go to a second one with the chart's default,
+``PLACEMENT=controller`` (mount-strategy pods gated, sed pods pinned), so both placements are
+fuzzed. Every review must get a well-formed answer: 200 with an AdmissionReview in the apiVersion
+asked, echoing the uid (400 with a JSON error body only when no uid can be read), never an
+internal error; an allowed patch always applies (``jsonpatch``). Generated valid pods
+(``reviews.valid_pods``) are allowed exactly when the rules restated here allow them; the patched
+pod is one Kubernetes 1.30 accepts (``podrules``), holds the GVirtuS config where the pod asked for
+it, is gated or pinned as its placement says, and sent again gets no patch. A wrong type in a
+field the mutation reads is denied with 400. Afterwards the process must be healthy, having logged
+no error.
 
 ``--hypothesis-show-statistics`` shows what the examples exercised (mutated, denied and why).
 """
@@ -28,8 +31,13 @@ import jsonpatch
 import orjson
 import pytest
 import trustme
+from gvirtus_kai_common.gvirtus import (
+    BACKEND_ANNOTATION,
+    BACKEND_GATE,
+    PROPERTIES_ANNOTATION,
+    frontend_config,
+)
 from gvirtus_kai_common.gvirtus import DEFAULT_PLUGINS as PLUGINS
-from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION, frontend_config
 from gvirtus_kai_webhook.models import AdmissionResponse, AdmissionReviewResponse
 from hypothesis import HealthCheck, event, example, given, settings
 from hypothesis import strategies as st
@@ -83,8 +91,7 @@ class Webhook:
         return self.process.post(self.client, "/mutate", body)
 
 
-@pytest.fixture(scope="module")
-def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
+def serve(tmp_path_factory: pytest.TempPathFactory, placement: str) -> Iterator[Webhook]:
     """One process for every example; afterwards it must still be healthy, having logged no
     internal error."""
     directory = tmp_path_factory.mktemp("fuzz")
@@ -99,7 +106,7 @@ def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
                 "TLS_CERT_FILE": str(volume.cert_file),
                 "TLS_KEY_FILE": str(volume.key_file),
                 "DNS_NAMESERVERS": dns.nameserver,
-                "PLACEMENT": "dns",
+                "PLACEMENT": placement,
                 "BACKEND_HOST": BACKEND_HOST,
                 "BACKEND_PORT": str(BACKEND_PORT),
                 "LOG_LEVEL": "warning",
@@ -115,6 +122,18 @@ def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
             process.stop()
     levels = [json.loads(line)["level"] for line in log_file.read_text().splitlines() if line]
     assert "error" not in levels
+
+
+@pytest.fixture(scope="module")
+def webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
+    """Every pod pinned at admission, so every patch carries the address to check."""
+    yield from serve(tmp_path_factory, "dns")
+
+
+@pytest.fixture(scope="module")
+def gating_webhook(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Webhook]:
+    """The chart's default: mount-strategy pods gated for the placement controller."""
+    yield from serve(tmp_path_factory, "controller")
 
 
 # --- what every answer must be ------------------------------------------------------------------
@@ -253,8 +272,14 @@ def denial_reasons(pod: dict[str, Any]) -> list[str]:
     return reasons
 
 
-def check_mutated(before: dict[str, Any], after: dict[str, Any]) -> None:
-    """The GVirtuS config is where the pod asked for it; nothing of the pod's own is lost."""
+def gates_of(pod: dict[str, Any]) -> list[str]:
+    return [gate["name"] for gate in pod["spec"].get("schedulingGates") or []]
+
+
+def check_mutated(before: dict[str, Any], after: dict[str, Any], placement: str) -> None:
+    """The GVirtuS config is where the pod asked for it, the pod gated for the controller
+    (mount strategy, placement=controller) or pinned to the backend; nothing of the pod's own is
+    lost."""
     path = config_file(before)
     sed = strategy_of(before) == "sed"
     targets = target_names(before)
@@ -274,7 +299,17 @@ def check_mutated(before: dict[str, Any], after: dict[str, Any]) -> None:
         mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
         assert (mounts.get(path) == OWN_VOLUME) != sed
         assert (OWN_VOLUME in mounts.values()) != sed
-    if not sed:
+    if not sed and placement == "controller":
+        # Gated: the gate once (appended, or kept where a copy had it), and no address at all.
+        before_gates = gates_of(before)
+        expected = before_gates if BACKEND_GATE in before_gates else [*before_gates, BACKEND_GATE]
+        assert gates_of(after) == expected
+        assert not {PROPERTIES_ANNOTATION, BACKEND_ANNOTATION} & annotations_of(after).keys()
+    else:
+        assert gates_of(after) == [gate for gate in gates_of(before) if gate != BACKEND_GATE]
+        backend = f"{BACKEND_ADDRESS}:{BACKEND_PORT}"
+        assert annotations_of(after)[BACKEND_ANNOTATION] == backend
+    if not sed and placement == "dns":
         properties = annotations_of(after)[PROPERTIES_ANNOTATION]
         assert json.loads(properties) == frontend_config(BACKEND_ADDRESS, BACKEND_PORT, PLUGINS)
     assert after["spec"]["nodeSelector"] == {
@@ -290,17 +325,27 @@ def check_mutated(before: dict[str, Any], after: dict[str, Any]) -> None:
 
 
 @fuzz(1500)
-@given(pod=valid_pods(), api_version=st.sampled_from(ADMISSION_VERSIONS))
+@given(
+    pod=valid_pods(),
+    api_version=st.sampled_from(ADMISSION_VERSIONS),
+    placement=st.sampled_from(["dns", "controller"]),
+)
 def test_valid_pods_are_allowed_by_the_rules_and_patched_into_valid_idempotent_pods(
-    webhook: Webhook, pod: dict[str, Any], api_version: str
+    webhook: Webhook,
+    gating_webhook: Webhook,
+    pod: dict[str, Any],
+    api_version: str,
+    placement: str,
 ) -> None:
+    if placement == "controller":
+        webhook = gating_webhook
     response = send(webhook, review(pod, api_version))
     if pod["metadata"]["labels"][ENABLE_LABEL] != "true":
         event("not enabled")
         assert (response.allowed, patch_of(response)) == (True, [])
         return
     reasons = denial_reasons(pod)
-    event(f"denied: {reasons[0]}" if reasons else f"mutated: {strategy_of(pod)} strategy")
+    event(f"denied: {reasons[0]}" if reasons else f"mutated: {strategy_of(pod)}, {placement}")
     assert response.allowed == (not reasons), (reasons, response.status)
     if not response.allowed:
         assert response.status is not None
@@ -308,7 +353,7 @@ def test_valid_pods_are_allowed_by_the_rules_and_patched_into_valid_idempotent_p
         return
     after = patched(pod, response)
     assert pod_problems(after) == []
-    check_mutated(pod, after)
+    check_mutated(pod, after, placement)
     again = send(webhook, review(after, api_version))
     assert (again.allowed, patch_of(again)) == (True, [])
 

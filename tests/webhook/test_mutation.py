@@ -1,4 +1,8 @@
-"""The pod mutation, specified on AdmissionReview objects as the API server sends them."""
+"""The pod mutation, specified on AdmissionReview objects as the API server sends them.
+
+These tests pin pods by DNS (``placement=dns``); the gated path of ``placement=controller`` and what
+is particular to pinning are in test_mutation_placement.py.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import json
 from typing import Any
 
 import pytest
-from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION, frontend_config
+from gvirtus_kai_common.gvirtus import BACKEND_ANNOTATION, PROPERTIES_ANNOTATION, frontend_config
 from gvirtus_kai_webhook.mutation import (
     CONFIG_ENV,
     PROPERTIES_VOLUME,
@@ -27,8 +31,8 @@ from .pods import (
     pod,
 )
 
-SETTINGS = Settings()
-SED = Settings(strategy="sed")
+SETTINGS = Settings(placement="dns")
+SED = Settings(strategy="sed")  # sed pods are pinned by DNS whatever the placement
 CONFIG_FILE = "/usr/local/gvirtus/etc/properties.json"
 
 
@@ -80,8 +84,21 @@ def test_is_enabled_follows_the_configured_enable_label() -> None:
 
 
 def test_backend_address_that_is_not_an_ip_is_a_caller_error() -> None:
-    with pytest.raises(ValueError, match="does not appear to be an IPv4 or IPv6 address"):
+    with pytest.raises(ValueError, match="must be an IPv4 address"):
         mutate_pod(pod(), SETTINGS, "gvirtus-backend.gvirtus-system")
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, SED], ids=["mount", "sed"])
+def test_an_ipv6_backend_address_is_a_caller_error(settings: Settings) -> None:
+    # GVirtuS validates server_address as a dotted quad: an IPv6 address is never written.
+    with pytest.raises(ValueError, match="must be an IPv4 address"):
+        mutate_pod(fixture_for("pod-gpu-v1.json", settings), settings, "fd00::10")
+
+
+@pytest.mark.parametrize("settings", [SETTINGS, SED], ids=["mount", "sed"])
+def test_a_pinned_pod_without_an_address_is_a_caller_error(settings: Settings) -> None:
+    with pytest.raises(ValueError, match="a backend address is needed"):
+        mutate_pod(fixture_for("pod-gpu-v1.json", settings), settings, None)
 
 
 # --- every fixture, both strategies ----------------------------------------------------------
@@ -167,7 +184,7 @@ def test_existing_entries_survive_in_their_original_order() -> None:
 
 def test_absent_annotations_env_and_node_selector_are_added_as_whole_objects() -> None:
     patch = {op["path"]: op["value"] for op in ops(pod("pod-no-gpu-v1.json"))}
-    assert set(patch["/metadata/annotations"]) == {PROPERTIES_ANNOTATION}
+    assert set(patch["/metadata/annotations"]) == {PROPERTIES_ANNOTATION, BACKEND_ANNOTATION}
     assert patch["/spec/containers/0/env"] == [{"name": CONFIG_ENV, "value": CONFIG_FILE}]
     assert patch["/spec/nodeSelector"] == {"gvirtus.io/frontend.allowed": "true"}
 
@@ -176,6 +193,7 @@ def test_annotation_key_is_escaped_and_other_annotations_are_kept() -> None:
     obj = pod("pod-multi-container-v1.json")
     paths = [op["path"] for op in ops(obj)]
     assert "/metadata/annotations/gvirtus.io~1properties" in paths
+    assert "/metadata/annotations/gvirtus.io~1backend" in paths
     annotations = mutated(obj)["metadata"]["annotations"]
     assert annotations["example.com/owner-team"] == "search/ranking"
     assert annotations["prometheus.io/scrape"] == "true"
@@ -343,19 +361,25 @@ def test_strategy_annotation_overrides_the_default() -> None:
 # --- stale and conflicting state -------------------------------------------------------------
 
 
-def test_stale_address_and_port_replace_only_the_annotation() -> None:
+def test_stale_address_and_port_replace_only_the_annotations() -> None:
     obj = pod("pod-stale-mount-v1.json")
+    obj["metadata"]["annotations"][BACKEND_ANNOTATION] = "10.96.0.10:9999"
     patch = ops(obj)
     assert [(op["op"], op["path"]) for op in patch] == [
-        ("replace", "/metadata/annotations/gvirtus.io~1properties")
+        ("replace", "/metadata/annotations/gvirtus.io~1properties"),
+        ("replace", "/metadata/annotations/gvirtus.io~1backend"),
     ]
+    assert patch[1]["value"] == f"{BACKEND_IP}:{SETTINGS.backend_port}"
     assert json.loads(patch[0]["value"]) == frontend_config(
         BACKEND_IP, SETTINGS.backend_port, SETTINGS.plugins
     )
 
 
 def test_a_changed_home_replaces_the_mount_and_env_in_place() -> None:
-    obj = annotated("pod-stale-mount-v1.json", **{"gvirtus.io/home": "/opt/gvirtus"})
+    obj = annotated(
+        "pod-stale-mount-v1.json",
+        **{"gvirtus.io/home": "/opt/gvirtus", BACKEND_ANNOTATION: f"{BACKEND_IP}:9999"},
+    )
     patch = {(op["op"], op["path"]) for op in ops(obj)}
     assert ("replace", "/spec/containers/0/volumeMounts/0") in patch
     assert ("replace", "/spec/containers/0/env/1") in patch
@@ -420,7 +444,7 @@ def test_a_pod_without_metadata_gets_the_annotation_under_new_metadata() -> None
     obj = pod()
     del obj["metadata"]
     patch = {op["path"]: op["value"] for op in ops(obj)}
-    assert set(patch["/metadata"]["annotations"]) == {PROPERTIES_ANNOTATION}
+    assert set(patch["/metadata"]["annotations"]) == {PROPERTIES_ANNOTATION, BACKEND_ANNOTATION}
 
 
 def test_mutation_does_not_modify_its_input() -> None:
@@ -429,11 +453,6 @@ def test_mutation_does_not_modify_its_input() -> None:
     mutate_pod(obj, SETTINGS, BACKEND_IP)
     mutate_pod(obj, SED, BACKEND_IP)
     assert json.dumps(obj, sort_keys=True) == snapshot
-
-
-def test_ipv6_backend_goes_into_the_config_in_canonical_form() -> None:
-    annotation = mutated(pod(), ip="fd00:0:0::2a")["metadata"]["annotations"][PROPERTIES_ANNOTATION]
-    assert json.loads(annotation)["communicator"][0]["endpoint"]["server_address"] == "fd00::2a"
 
 
 def test_no_two_operations_of_a_patch_share_a_value_object() -> None:

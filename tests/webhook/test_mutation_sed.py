@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION
+from gvirtus_kai_common.gvirtus import BACKEND_ANNOTATION, PROPERTIES_ANNOTATION
 from gvirtus_kai_webhook.mutation import (
     CONFIG_ENV,
     PROPERTIES_VOLUME,
@@ -20,13 +20,16 @@ from gvirtus_kai_webhook.mutation import (
     MutationDenied,
     is_sed_wrapped,
     mutate_pod,
+    needs_backend_address,
 )
 from gvirtus_kai_webhook.settings import Settings
 
 from .pods import BACKEND_IP, apply, assert_valid_pod, container, env_of, patch_document, pod
 
 SED = Settings(strategy="sed")
-MOUNT = Settings()
+MOUNT = (
+    Settings()
+)  # placement=controller: sed pods (the JOB fixture is one) are pinned all the same
 JOB = "pod-sed-job-v1.json"  # annotated gvirtus.io/strategy: sed, gvirtus.io/home: /opt/gvirtus
 
 # A properties.json as shipped in a GVirtuS frontend image, pointing at a placeholder backend.
@@ -37,7 +40,7 @@ SHIPPED_PROPERTIES = """{
         "suite": "tcp/ip",
         "protocol": "tcp",
         "server_address": "127.0.0.1",
-        "port": "9999"
+        "port": "34567"
       },
       "plugins": ["cudart", "cublas"]
     }
@@ -91,7 +94,7 @@ def test_sed_wrapper_rewrites_address_and_port_and_keeps_the_rest(home: Path) ->
         "suite": "tcp/ip",
         "protocol": "tcp",
         "server_address": BACKEND_IP,
-        "port": "34567",
+        "port": str(MOUNT.backend_port),
     }
     assert config["communicator"][0]["plugins"] == ["cudart", "cublas"]
 
@@ -114,15 +117,9 @@ def test_sed_wrapper_fails_the_container_when_the_config_is_missing(tmp_path: Pa
 
 def test_sed_wrapper_rewrites_a_bare_number_port(home: Path) -> None:
     config_file = home / "etc" / "properties.json"
-    config_file.write_text(SHIPPED_PROPERTIES.replace('"port": "9999"', '"port": 9999'))
+    config_file.write_text(SHIPPED_PROPERTIES.replace('"port": "34567"', '"port": 34567'))
     run_container(wrapped(home), ECHO_ARGS)
-    assert json.loads(config_file.read_text())["communicator"][0]["endpoint"]["port"] == "34567"
-
-
-def test_sed_wrapper_writes_an_ipv6_backend(home: Path) -> None:
-    run_container(wrapped(home, ip="fd00::2a"), ECHO_ARGS)
-    config = json.loads((home / "etc" / "properties.json").read_text())
-    assert config["communicator"][0]["endpoint"]["server_address"] == "fd00::2a"
+    assert json.loads(config_file.read_text())["communicator"][0]["endpoint"]["port"] == "9999"
 
 
 def test_sed_wrapper_quotes_a_home_with_spaces(tmp_path: Path) -> None:
@@ -141,11 +138,22 @@ def test_sed_points_gvirtus_config_at_the_edited_file() -> None:
     assert env_of(item)["GVIRTUS_LOGLEVEL"] == "20000"
 
 
-def test_sed_adds_no_volume_and_no_annotation() -> None:
+def test_sed_adds_no_volume_and_no_properties_annotation_but_names_its_backend() -> None:
     obj = pod(JOB)
     after = apply(obj, mutate_pod(obj, MOUNT, BACKEND_IP))
     assert after["spec"]["volumes"] == obj["spec"]["volumes"]
     assert PROPERTIES_ANNOTATION not in after["metadata"]["annotations"]
+    assert after["metadata"]["annotations"][BACKEND_ANNOTATION] == f"{BACKEND_IP}:9999"
+
+
+def test_sed_pods_are_pinned_whatever_the_placement() -> None:
+    obj = pod(JOB)
+    for placement in ("controller", "dns"):
+        settings = Settings(placement=placement)
+        assert needs_backend_address(obj, settings)
+        after = apply(obj, mutate_pod(obj, settings, BACKEND_IP))
+        assert "schedulingGates" not in after["spec"]
+        assert BACKEND_IP in container(after, "finetune")["command"][2]
 
 
 def test_sed_without_an_explicit_command_is_denied_pointing_at_mount() -> None:
@@ -160,8 +168,12 @@ def test_a_stale_wrapper_gets_only_its_script_replaced() -> None:
     obj = pod(JOB)
     old = apply(obj, mutate_pod(obj, MOUNT, "10.96.0.10"))
     patch = patch_document(mutate_pod(old, MOUNT, BACKEND_IP))
-    assert [(op["op"], op["path"]) for op in patch] == [("replace", "/spec/containers/0/command/2")]
-    assert BACKEND_IP in patch[0]["value"]
+    assert [(op["op"], op["path"]) for op in patch] == [
+        ("replace", "/metadata/annotations/gvirtus.io~1backend"),
+        ("replace", "/spec/containers/0/command/2"),
+    ]
+    assert patch[0]["value"] == f"{BACKEND_IP}:9999"
+    assert BACKEND_IP in patch[1]["value"]
 
 
 def test_a_wrapped_command_is_never_wrapped_twice() -> None:

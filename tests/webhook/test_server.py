@@ -145,7 +145,7 @@ def test_review_in_flight_at_sigterm_is_still_answered(
     tmp_path: Path, test_ca: trustme.CA, dns_server: LoopbackDnsServer
 ) -> None:
     dns_server.set_silent(BACKEND_HOST)  # the review waits on DNS for the full timeout
-    webhook = launch(tmp_path, test_ca, dns_server, DNS_TIMEOUT_SECONDS="1.5")
+    webhook = launch(tmp_path, test_ca, dns_server, PLACEMENT="dns", DNS_TIMEOUT_SECONDS="1.5")
     body = json.dumps(review_document()).encode()
     with webhook.client() as client, ThreadPoolExecutor(1) as pool:
         in_flight = pool.submit(webhook.process.post, client, "/mutate", body)

@@ -20,8 +20,9 @@ def test_defaults_are_the_ones_design_md_documents() -> None:
     settings = Settings()
     assert (settings.listen_host, settings.listen_port) == ("0.0.0.0", 8443)
     assert (settings.tls_cert_file, settings.tls_key_file) == ("/tls/tls.crt", "/tls/tls.key")
-    assert settings.backend_host == "gvirtus-backend.gvirtus-system.svc.cluster.local"
-    assert settings.backend_port == 34567
+    assert settings.placement == "controller"
+    assert settings.backend_host == "gvirtus-backend-headless.gvirtus-system.svc.cluster.local"
+    assert settings.backend_port == 9999
     assert settings.dns_nameservers == ()
     assert settings.dns_timeout_seconds == 2
     assert settings.strategy == "mount"
@@ -125,4 +126,20 @@ def test_home_loses_its_trailing_slash(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_an_invalid_enable_label_key_is_rejected(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("GVIRTUS_KAI_ENABLE_LABEL", "gvirtus.io/")
     with pytest.raises(ValidationError, match="enable_label"):
+        Settings()
+
+
+@pytest.mark.parametrize("placement", ["controller", "dns"])
+def test_placement_is_read_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, placement: str
+) -> None:
+    monkeypatch.setenv("GVIRTUS_KAI_PLACEMENT", placement)
+    assert Settings().placement == placement
+
+
+def test_an_unknown_placement_is_rejected_naming_the_setting(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setenv("GVIRTUS_KAI_PLACEMENT", "nearest")
+    with pytest.raises(ValidationError, match="placement"):
         Settings()

@@ -27,7 +27,13 @@ from gvirtus_kai_webhook.models import (
     JsonPatch,
     Status,
 )
-from gvirtus_kai_webhook.mutation import MutationDenied, is_enabled, mutate_pod
+from gvirtus_kai_webhook.mutation import (
+    MutationDenied,
+    is_enabled,
+    mutate_pod,
+    needs_backend_address,
+    pinned_address,
+)
 from gvirtus_kai_webhook.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -149,10 +155,12 @@ class AdmissionReviewer:
             raise _Denial(400, message, Outcome.ERROR)
         if not is_enabled(pod, self._settings):
             return Outcome.ALLOWED, allowed
-        try:
-            address = await self._resolver.resolve()
-        except BackendResolutionError as exc:
-            raise _Denial(503, str(exc)) from None
+        address = None
+        if needs_backend_address(pod, self._settings):
+            try:
+                address = await self._resolver.pick(pinned_address(pod, self._settings))
+            except BackendResolutionError as exc:
+                raise _Denial(503, str(exc)) from None
         try:
             mutation = mutate_pod(pod, self._settings, address)
         except MutationDenied as exc:

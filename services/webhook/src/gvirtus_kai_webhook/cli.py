@@ -2,7 +2,10 @@
 
 Reads multi-document YAML, mutates every Pod and workload pod template that carries the
 ``gvirtus.io/enabled: "true"`` label (on the pod template, exactly what the webhook would see) and
-writes the result to stdout. Documents it does not change come out byte for byte as they went in
+writes the result to stdout. Each pod is pinned to one backend (``--backend-address``, or one
+ready backend pod's IPv4 address from DNS, chosen at random per pod), or with
+``--placement controller`` gated for the placement controller as the webhook does by default.
+Documents it does not change come out byte for byte as they went in
 (quotes, comments, flow style, ``---`` lines and empty documents kept). Nothing is written unless
 every document succeeded.
 
@@ -27,9 +30,16 @@ import yaml
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.settings import load_settings, settings_usage
 
-from gvirtus_kai_webhook.mutation import MutationDenied, is_enabled, mutate_pod
+from gvirtus_kai_webhook.dns import BackendResolutionError, BackendResolver, choose_backend
+from gvirtus_kai_webhook.mutation import (
+    MutationDenied,
+    is_enabled,
+    mutate_pod,
+    needs_backend_address,
+    pinned_address,
+)
 from gvirtus_kai_webhook.patching import apply_patch
-from gvirtus_kai_webhook.settings import STRATEGIES, Settings
+from gvirtus_kai_webhook.settings import PLACEMENTS, STRATEGIES, Settings
 from gvirtus_kai_webhook.workloads import PodSite, pod_sites
 
 PROGRAM = "gvirtus-kai"
@@ -57,12 +67,13 @@ def _represent_str(dumper: yaml.SafeDumper, value: str) -> yaml.ScalarNode:
 _ManifestDumper.add_representer(str, _represent_str)
 
 
-def _ip_address(text: str) -> str:
+def _ipv4_address(text: str) -> str:
     try:
-        return str(ipaddress.ip_address(text))
+        return str(ipaddress.IPv4Address(text))
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"{text!r} is not an IP address (GVirtuS needs an IP, not a host name)"
+            f"{text!r} is not an IPv4 address (GVirtuS needs a dotted-quad IPv4 server_address: "
+            "no host names, no IPv6)"
         ) from None
 
 
@@ -97,12 +108,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     inject.add_argument(
         "--backend-address",
-        type=_ip_address,
-        metavar="IP",
-        help="backend IP to write; default: resolve GVIRTUS_KAI_BACKEND_HOST via DNS",
+        type=_ipv4_address,
+        metavar="IPV4",
+        help="the backend pod's IPv4 address to pin pods to (with port GVIRTUS_KAI_BACKEND_PORT); "
+        "default: one ready backend pod per pod, chosen at random among the A records of "
+        "GVIRTUS_KAI_BACKEND_HOST (the backend's headless Service)",
     )
     inject.add_argument(
         "--strategy", choices=STRATEGIES, help="default delivery strategy (GVIRTUS_KAI_STRATEGY)"
+    )
+    inject.add_argument(
+        "--placement",
+        choices=PLACEMENTS,
+        help="dns: pin every pod to one backend address (--backend-address or DNS); controller: "
+        "give mount-strategy pods the scheduling gate gvirtus.io/backend and no address, as the "
+        "webhook does, for a cluster whose placement controller assigns backends (sed pods are "
+        "pinned all the same). Default: GVIRTUS_KAI_PLACEMENT when it is set, else dns: an "
+        "offline manifest is pinned unless asked otherwise",
     )
     return parser
 
@@ -129,7 +151,8 @@ def _read(filename: str, stdin: TextIO) -> str:
 
 
 def inject(documents: list[Any], settings: Settings, backend_address: str | None) -> _Report:
-    """Mutate the enabled pods in ``documents`` in place; resolve the backend only if needed."""
+    """Mutate the enabled pods in ``documents`` in place; resolve the backend only if a pod is
+    pinned and no ``backend_address`` is given."""
     report = _Report()
     sites = []
     for index, document in enumerate(documents):
@@ -146,19 +169,22 @@ def inject(documents: list[Any], settings: Settings, backend_address: str | None
         return report
     if not sites:
         return report
-    if backend_address is None:
-        from gvirtus_kai_webhook.dns import BackendResolutionError, BackendResolver
-
+    addresses: tuple[str, ...] = ()
+    if backend_address is None and any(needs_backend_address(s.pod, settings) for _, s in sites):
         try:
-            backend_address = asyncio.run(BackendResolver(settings).resolve())
+            addresses = asyncio.run(BackendResolver(settings).resolve())
         except BackendResolutionError as exc:
             report.errors.append(
-                f"{exc}; outside the cluster, give the backend's IP with --backend-address"
+                f"{exc}; outside the cluster, give the backend pod's IPv4 address with "
+                "--backend-address"
             )
             return report
     for index, site in sites:
+        address = backend_address
+        if addresses:
+            address = choose_backend(addresses, pinned_address(site.pod, settings))
         try:
-            mutation = mutate_pod(site.pod, settings, backend_address)
+            mutation = mutate_pod(site.pod, settings, address)
         except MutationDenied as exc:
             report.errors.append(f"{_label(index, site)}: {exc}")
             continue
@@ -232,8 +258,12 @@ def render(sources: Sequence[_Source], changed: set[int]) -> str:
 def run_inject(
     args: argparse.Namespace, settings: Settings, stdin: TextIO, stdout: TextIO, stderr: TextIO
 ) -> int:
-    if args.strategy:
-        settings = settings.model_copy(update={"strategy": args.strategy})
+    placement = args.placement or (
+        settings.placement if "placement" in settings.model_fields_set else "dns"
+    )
+    settings = settings.model_copy(
+        update={"strategy": args.strategy or settings.strategy, "placement": placement}
+    )
     # The library logs JSON; by default only errors, so stderr stays readable for people.
     setup_logging(settings.log_level if "log_level" in settings.model_fields_set else "error")
 

@@ -23,6 +23,7 @@ class DnsFailure(StrEnum):
     NO_ANSWER = "no_answer"
     TIMEOUT = "timeout"
     UNREACHABLE = "unreachable"
+    IPV6_ONLY = "ipv6_only"  # the backend has addresses, but none GVirtuS can use
 
 
 # Admission latency is sub-millisecond when the backend address is cached and up to the DNS
@@ -58,7 +59,7 @@ class WebhookMetrics:
         )
         self.dns_failures = Counter(
             "gvirtus_webhook_dns_failures",
-            "Backend address lookups that failed, by reason.",
+            "Backend address lookups that gave no usable address, by reason.",
             ["reason"],
             registry=self.registry,
         )

@@ -141,6 +141,7 @@ class _PodSpec(_Shape):
     initContainers: list[_Container] | None = None
     volumes: list[dict[str, Any]] | None = None
     nodeSelector: dict[str, str] | None = None
+    schedulingGates: list[dict[str, Any]] | None = None
 
 
 class _ObjectMeta(_Shape):

@@ -1,7 +1,16 @@
 """The pod mutation: pure functions shared by the webhook and the ``gvirtus-kai inject`` CLI.
 
 ``mutate_pod(pod, settings, backend_address)`` returns the JSON Patch and warnings for one pod,
-or raises ``MutationDenied`` with a message for the user.
+or raises ``MutationDenied`` with a message for the user. A pod is placed on one of two paths:
+
+- gated (``mount`` strategy with ``placement=controller``): the scheduling gate
+  ``gvirtus.io/backend`` and the volume, mount and env that project ``gvirtus.io/properties``, but
+  no address; the placement controller writes the annotations and removes the gate later;
+- pinned (``placement=dns``, and every ``sed`` pod, whose command is fixed at CREATE): the
+  frontend config with ``backend_address`` (one ready backend pod's IPv4 address, found by the
+  caller) and the ``gvirtus.io/backend`` annotation naming it.
+
+``needs_backend_address`` tells the caller whether to look an address up at all.
 
 The patch reconciles: it is computed from what the pod already holds, so a pod that carries our
 own earlier output yields an empty patch, and a stale earlier output (another backend address,
@@ -19,7 +28,12 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Literal, NamedTuple, TypeGuard
 
-from gvirtus_kai_common.gvirtus import PROPERTIES_ANNOTATION, properties_json
+from gvirtus_kai_common.gvirtus import (
+    BACKEND_ANNOTATION,
+    BACKEND_GATE,
+    PROPERTIES_ANNOTATION,
+    properties_json,
+)
 from gvirtus_kai_common.logs import clip
 from pydantic import ValidationError
 
@@ -69,30 +83,68 @@ def is_enabled(pod: Mapping[str, Any], settings: Settings) -> bool:
     return labels.get(settings.enable_label) == "true"
 
 
+def needs_backend_address(pod: Mapping[str, Any], settings: Settings) -> bool:
+    """Whether ``mutate_pod`` pins this pod (and so needs an address): every pod with
+    ``placement=dns``, and ``sed`` pods always. A pod whose strategy annotation is invalid
+    needs none: it is denied without a lookup."""
+    strategy = _mapping(_mapping(pod.get("metadata")).get("annotations")).get(
+        STRATEGY_ANNOTATION, settings.strategy
+    )
+    if strategy not in STRATEGIES:
+        return False
+    return strategy == "sed" or settings.placement == "dns"
+
+
+def pinned_address(pod: Mapping[str, Any], settings: Settings) -> str | None:
+    """The IPv4 address the pod's ``gvirtus.io/backend`` annotation names with our backend port
+    (an earlier pinning, kept while that backend is ready), or None."""
+    value = _mapping(_mapping(pod.get("metadata")).get("annotations")).get(BACKEND_ANNOTATION)
+    if not isinstance(value, str):
+        return None
+    address, _, port = value.rpartition(":")
+    if port != str(settings.backend_port):
+        return None
+    try:
+        return str(ipaddress.IPv4Address(address))
+    except ValueError:
+        return None
+
+
 @dataclass(frozen=True)
 class _Plan:
     """Everything that depends only on the settings and the backend address."""
 
-    address: str
+    address: str | None  # None: no pod may be pinned (the caller looked nothing up)
     port: str
-    properties_json: str
+    properties_json: str | None
     strategy: str
+    placement: str
     home: str
     gpu_resource: str
     selector_key: str
     selector_value: str
 
 
-@lru_cache(maxsize=16)  # immutable, and the same for every review until the address changes
-def _plan(settings: Settings, backend_address: str) -> _Plan:
-    # GVirtuS only accepts an IP in server_address; a host name here is a caller bug.
-    address = str(ipaddress.ip_address(backend_address))
-    properties = properties_json(address, settings.backend_port, settings.plugins)
+# Immutable, and the same for every review to the same backend: computed once per address.
+@lru_cache(maxsize=64)
+def _plan(settings: Settings, backend_address: str | None) -> _Plan:
+    address = properties = None
+    if backend_address is not None:
+        # GVirtuS only accepts a dotted-quad IPv4 server_address; anything else is a caller bug.
+        try:
+            address = str(ipaddress.IPv4Address(backend_address))
+        except ValueError:
+            raise ValueError(
+                f"the backend address must be an IPv4 address (GVirtuS takes no host names and "
+                f"no IPv6), not {clip(repr(backend_address))}"
+            ) from None
+        properties = properties_json(address, settings.backend_port, settings.plugins)
     return _Plan(
         address=address,
         port=str(settings.backend_port),
         properties_json=properties,
         strategy=settings.strategy,
+        placement=settings.placement,
         home=settings.default_gvirtus_home,
         gpu_resource=settings.gpu_resource,
         selector_key=settings.frontend_label_key,
@@ -145,7 +197,9 @@ class _Target(NamedTuple):
         return ("spec", self.list_name, self.position, *more)
 
 
-def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str) -> Mutation:
+def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str | None) -> Mutation:
+    """The patch for ``pod``. ``backend_address`` (IPv4) is required when
+    ``needs_backend_address`` says so, and ignored for a gated pod."""
     _check_shape(pod)
     plan = _plan(settings, backend_address)
     metadata = pod.get("metadata")
@@ -158,14 +212,32 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str)
     warnings: list[str] = []
     ops: list[JsonPatchOperation] = []
     config_file = config_path(home)
+    gated = strategy == "mount" and plan.placement == "controller"
+    if not gated and plan.address is None:
+        raise ValueError("this pod is pinned at admission: a backend address is needed")
+
+    gates = ("spec", "schedulingGates")
+    if gated:
+        # Appended to the pod's own gates; an address copied from another pod is dropped, so
+        # the pod carries none until the controller writes the one it chose.
+        _upsert(ops, gates, spec.get("schedulingGates"), _Owned("gate", ""), _is_backend_gate)
+        for key in (PROPERTIES_ANNOTATION, BACKEND_ANNOTATION):
+            if key in annotations:
+                ops.append(_remove(json_pointer("metadata", "annotations", key)))
+    else:
+        # A copied gate would hold the pinned pod back for a controller that may not run.
+        _remove_where(ops, gates, _sequence(spec.get("schedulingGates")), _is_backend_gate)
+        pinned = {BACKEND_ANNOTATION: f"{plan.address}:{plan.port}"}
+        if strategy == "mount":
+            assert plan.properties_json is not None  # set with the address
+            pinned = {PROPERTIES_ANNOTATION: plan.properties_json, **pinned}
+        _set_entries(ops, pod, ("metadata", "annotations"), pinned)
 
     if strategy == "mount":
 
         def is_mount_conflict(item: Mapping[str, Any]) -> bool:
             return _is_properties(item) or item.get("mountPath") == config_file
 
-        path = ("metadata", "annotations", PROPERTIES_ANNOTATION)
-        _set_entry(ops, pod, path, plan.properties_json)
         volume = _Owned("volume", config_file)
         _upsert(ops, ("spec", "volumes"), spec.get("volumes"), volume, _is_properties)
         for target in targets:
@@ -176,6 +248,7 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str)
             mount = _Owned("mount", config_file)
             _upsert(ops, target.tokens("volumeMounts"), mounts, mount, is_mount_conflict)
     else:
+        assert plan.address is not None  # checked above: sed pods are always pinned
         script = sed_script(plan.address, plan.port, home)
         for target in targets:
             _wrap_command(ops, target, script, warnings)
@@ -292,11 +365,13 @@ def _named_targets(
 class _Owned(NamedTuple):
     """A list entry the mutation owns, named by what it is built from."""
 
-    kind: Literal["volume", "mount", "env"]
+    kind: Literal["volume", "mount", "env", "gate"]
     config_file: str
 
     def build(self) -> dict[str, Any]:
         """A new copy of the entry."""
+        if self.kind == "gate":
+            return {"name": BACKEND_GATE}
         if self.kind == "volume":
             return _properties_volume()
         if self.kind == "mount":
@@ -378,6 +453,10 @@ def _is_config_env(item: Mapping[str, Any]) -> bool:
     return item.get("name") == CONFIG_ENV
 
 
+def _is_backend_gate(item: Mapping[str, Any]) -> bool:
+    return item.get("name") == BACKEND_GATE
+
+
 def _node_selector(
     ops: list[JsonPatchOperation], pod: Mapping[str, Any], spec: Mapping[str, Any], plan: _Plan
 ) -> None:
@@ -388,28 +467,33 @@ def _node_selector(
             f"the pod's nodeSelector sets {plan.selector_key}={current!r}, but GVirtuS pods must "
             f"run on nodes labelled {plan.selector_key}={plan.selector_value}; remove that entry"
         )
-    _set_entry(ops, pod, ("spec", "nodeSelector", plan.selector_key), plan.selector_value)
+    _set_entries(ops, pod, ("spec", "nodeSelector"), {plan.selector_key: plan.selector_value})
 
 
 # --- JSON Patch primitives -------------------------------------------------------------------
 
 
-def _set_entry(
-    ops: list[JsonPatchOperation], root: Mapping[str, Any], path: tuple[str, ...], value: str
+def _set_entries(
+    ops: list[JsonPatchOperation],
+    root: Mapping[str, Any],
+    path: tuple[str, ...],
+    entries: Mapping[str, str],
 ) -> None:
-    """Make ``root[path[0]]...[path[-1]] == value``, adding the first absent object whole."""
+    """Make the object at ``root[path[0]]...[path[-1]]`` hold ``entries``, adding the first
+    absent object on the way whole (with all the entries in it)."""
     node: object = root
-    for depth, token in enumerate(path[:-1]):
+    for depth, token in enumerate(path):
         child = node.get(token) if _is_mapping(node) else None
         if not _is_mapping(child):
-            ops.append(_add_nested(path, depth, value))
+            ops.append(_add_nested(path, depth, dict(entries)))
             return
         node = child
     parent = _mapping(node)
-    if path[-1] not in parent:
-        ops.append(_add_text(path, value))
-    elif parent[path[-1]] != value:
-        ops.append(_replace_text(path, value))
+    for key, value in entries.items():
+        if key not in parent:
+            ops.append(_add_text((*path, key), value))
+        elif parent[key] != value:
+            ops.append(_replace_text((*path, key), value))
 
 
 def _upsert(
@@ -463,7 +547,7 @@ def _replace_text(tokens: Tokens, value: str) -> ReplaceOperation:
     return ReplaceOperation(path=_pointer(tokens), value=value)
 
 
-def _add_nested(path: tuple[str, ...], depth: int, value: str) -> AddOperation:
+def _add_nested(path: tuple[str, ...], depth: int, value: dict[str, str]) -> AddOperation:
     """Add ``path[: depth + 1]`` as the objects that lead from there to ``value``."""
     nested: Any = value
     for inner in reversed(path[depth + 1 :]):

@@ -14,6 +14,11 @@ from pydantic_settings import NoDecode
 
 Strategy = Literal["mount", "sed"]
 STRATEGIES: tuple[Strategy, ...] = ("mount", "sed")
+# Who pins a mount-strategy pod to a backend: the placement controller (the pod is gated until it
+# writes the address) or the webhook itself at admission (DNS). sed pods are always pinned by DNS:
+# their command is fixed at CREATE.
+Placement = Literal["controller", "dns"]
+PLACEMENTS: tuple[Placement, ...] = ("controller", "dns")
 
 
 class Nameserver(BaseModel, frozen=True):
@@ -47,11 +52,18 @@ class Settings(ServiceSettings):
         "/tls/tls.crt", description="serving certificate (PEM), reloaded on change"
     )
     tls_key_file: str = Field("/tls/tls.key", description="its private key (PEM, unencrypted)")
-    backend_host: str = Field(
-        "gvirtus-backend.gvirtus-system.svc.cluster.local",
-        description="DNS name of the GVirtuS backend Service",
+    placement: Placement = Field(
+        "controller",
+        description="controller: mount-strategy pods are gated for the placement controller "
+        "(no DNS lookup); dns: every pod is pinned at admission to a backend pod found by DNS",
     )
-    backend_port: int = Field(34567, ge=1, le=65535, description="port written for the backend")
+    backend_host: str = Field(
+        "gvirtus-backend-headless.gvirtus-system.svc.cluster.local",
+        description="DNS name of the headless Service of the ready GVirtuS backend pods",
+    )
+    backend_port: int = Field(
+        9999, ge=1, le=65535, description="the backend pods' container port, written with their IP"
+    )
     dns_nameservers: Annotated[tuple[Nameserver, ...], NoDecode] = Field(
         (), description="ip[:port],... to ask; empty: the system resolver"
     )
