@@ -6,6 +6,7 @@ import json
 import signal
 import socket
 import ssl
+import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -205,6 +206,38 @@ def test_readiness_turns_503_while_requests_are_served_through_the_shutdown_dela
     assert webhook.process.process.wait(30) == 0
     with webhook.client() as late, pytest.raises(httpx.ConnectError):
         webhook.process.get(late, "/readyz")
+
+
+def test_clients_busy_on_kept_alive_connections_at_sigterm_are_told_to_close_and_lose_nothing(
+    tmp_path: Path, test_ca: trustme.CA, dns_server: LoopbackDnsServer
+) -> None:
+    """As the API server does, each client sends review after review on one connection. After
+    SIGTERM an answer says "Connection: close", so the client stops using that connection;
+    without it, the next review went down a connection the drain then closed, unanswered."""
+    webhook = launch(tmp_path, test_ca, dns_server, SHUTDOWN_DELAY_SECONDS="1")
+    body = json.dumps(review_document()).encode()
+    started = threading.Event()
+
+    def reviews_until_told_to_close() -> str:
+        with webhook.client() as client:
+            while True:
+                try:
+                    response = webhook.process.post(client, "/mutate", body)
+                except httpx.HTTPError as error:
+                    return f"lost: {type(error).__name__}"
+                assert response.status_code == 200
+                started.set()
+                if response.headers.get("connection") == "close":
+                    return "told to close"
+
+    with ThreadPoolExecutor(4) as pool:
+        clients = [pool.submit(reviews_until_told_to_close) for _ in range(4)]
+        assert started.wait(10)
+        time.sleep(0.3)  # many reviews on each connection
+        webhook.process.process.send_signal(signal.SIGTERM)
+        endings = [client.result(timeout=30) for client in clients]
+    assert endings == ["told to close"] * 4
+    assert webhook.process.process.wait(30) == 0
 
 
 def test_invalid_setting_exits_2_naming_the_variable() -> None:

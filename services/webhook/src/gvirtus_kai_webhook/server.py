@@ -137,6 +137,10 @@ class WebhookServer:
         """The rollout order: readiness 503 while still serving, then stop accepting, close
         idle connections at once, and give in-flight reviews the drain time."""
         self.stopping = True
+        # From now on every answer says "Connection: close" (Hypercorn adds it once a connection
+        # has served this many requests): a client learns to reconnect elsewhere from the answer
+        # itself, instead of sending its next review down a connection we are about to close.
+        self._config.keep_alive_max_requests = 0
         settings = self._settings
         log.info("stopping: not ready", extra={"delay_seconds": settings.shutdown_delay_seconds})
         await asyncio.sleep(settings.shutdown_delay_seconds)
