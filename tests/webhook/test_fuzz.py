@@ -364,7 +364,8 @@ def test_valid_pods_are_allowed_by_the_rules_and_patched_into_valid_idempotent_p
 # index). The mutation decides from labels, annotations, containers (name, command, resources,
 # securityContext) and the node selector, and patches env, volumeMounts and volumes: in an enabled
 # pod, another type there is denied with 400. Null is "absent" for a field, but not for a list
-# item or a map value. (Quantities are left out: a number or a boolean can be read as one.)
+# item or a map value. Scalars the mutation reads leniently are left out (a GPU quantity may be a
+# number, readOnlyRootFilesystem a 0): whatever they hold, the patch applies.
 READ_FIELDS: dict[tuple[str, ...], set[str]] = {
     ("metadata",): {"object"},
     ("metadata", "labels"): {"object"},
@@ -393,7 +394,6 @@ for _list in ("containers", "initContainers"):
         (*_container, "resources", "limits"): {"object"},
         (*_container, "resources", "requests"): {"object"},
         (*_container, "securityContext"): {"object"},
-        (*_container, "securityContext", "readOnlyRootFilesystem"): {"boolean"},
     }
 
 
