@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from hypothesis import strategies as st
@@ -27,7 +27,8 @@ CONTAINERS = "gvirtus.io/containers"
 # What the webhook owns in a pod; drawn on purpose, so that pods already hold them.
 OWN_VOLUME = "gvirtus-properties"
 OWN_ENV = "GVIRTUS_CONFIG"
-OWN_ANNOTATIONS = ("gvirtus.io/properties", "gvirtus.io/backend")
+OWN_PROPERTIES = "gvirtus.io/properties"
+OWN_BACKEND = "gvirtus.io/backend"
 OWN_GATE = "gvirtus.io/backend"
 
 HOMES = ["/usr/local/gvirtus", "/opt/gvirtus", "/opt/gvirtus/", "/g", "/opt//gvirtus/./x"]
@@ -158,7 +159,9 @@ def volume(name: str, kind: str) -> dict[str, Any]:
 
 
 @st.composite
-def pod_annotations(draw: st.DrawFn, container_names: list[str]) -> dict[str, str]:
+def pod_annotations(
+    draw: st.DrawFn, container_names: list[str], backends: Sequence[str]
+) -> dict[str, str]:
     result = draw(st.dictionaries(qualified_keys, st.text(max_size=5), max_size=3))
     strategy = draw(st.sampled_from(["sed", None, "mount", "bogus"]))
     if strategy == "bogus":
@@ -173,12 +176,15 @@ def pod_annotations(draw: st.DrawFn, container_names: list[str]) -> dict[str, st
         separator = draw(st.sampled_from([",", ", ", " ,"]))
         result[CONTAINERS] = separator.join(chosen)
     if one_in(draw, 10):
-        result[draw(st.sampled_from(OWN_ANNOTATIONS))] = draw(st.sampled_from(["{}", "1.2.3.4:1"]))
+        result[OWN_PROPERTIES] = "{}"
+    if backends and one_in(draw, 3):
+        result[OWN_BACKEND] = draw(st.sampled_from([*backends, "1.2.3.4:1", "junk"]))
     return result
 
 
 @st.composite
-def valid_pods(draw: st.DrawFn) -> dict[str, Any]:
+def valid_pods(draw: st.DrawFn, backends: Sequence[str] = ()) -> dict[str, Any]:
+    """``backends``: ``ip:port`` values a copied or earlier ``gvirtus.io/backend`` may name."""
     names = draw(st.lists(dns_labels, min_size=1, max_size=5, unique=True))
     split = draw(st.integers(1, len(names)))
     volume_names = draw(st.lists(st.sampled_from(["data", "cfg", OWN_VOLUME]), unique=True))
@@ -204,7 +210,7 @@ def valid_pods(draw: st.DrawFn) -> dict[str, Any]:
         metadata["name"] = "p"
     else:
         metadata["generateName"] = "job-"
-    annotations = draw(pod_annotations(names))
+    annotations = draw(pod_annotations(names, backends))
     if annotations or coin(draw):
         metadata["annotations"] = annotations
     return {"apiVersion": "v1", "kind": "Pod", "metadata": metadata, "spec": spec}

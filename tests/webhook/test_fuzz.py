@@ -65,10 +65,14 @@ from tests.webhookproc import WebhookProcess, api_server_client, start_webhook
 
 V1 = ADMISSION_VERSIONS[0]
 DEFAULT_HOME = "/usr/local/gvirtus"
-# Every pod is pinned at admission to the backend found by DNS (PLACEMENT=dns), so every patch
-# carries the address to check.
+# The headless backend Service the DNS server answers for, and its two ready backend pods: each
+# pinned pod gets one of them, with the container port.
 BACKEND_HOST = "backend.fuzz.svc.cluster.local"
+READY_BACKENDS = (BACKEND_ADDRESS, "10.96.0.43")
 BACKEND_PORT = 9999
+# What a pod may name already (copied from another pod, or an earlier pinning): a ready backend,
+# one that is gone, one on another port.
+EARLIER_BACKENDS = (f"{BACKEND_ADDRESS}:{BACKEND_PORT}", f"10.1.2.3:{BACKEND_PORT}", "10.96.0.43:1")
 
 
 def fuzz(examples: int) -> settings:
@@ -100,7 +104,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory, placement: str) -> Iterator[
     volume.write(serving_cert(ca))
     log_file = directory / "webhook.log"
     with LoopbackDnsServer() as dns, log_file.open("wb") as stderr:
-        dns.set_a(BACKEND_HOST, BACKEND_ADDRESS, ttl=3600)
+        dns.set_a(BACKEND_HOST, *READY_BACKENDS, ttl=3600)
         process = start_webhook(
             {
                 "TLS_CERT_FILE": str(volume.cert_file),
@@ -307,11 +311,21 @@ def check_mutated(before: dict[str, Any], after: dict[str, Any], placement: str)
         assert not {PROPERTIES_ANNOTATION, BACKEND_ANNOTATION} & annotations_of(after).keys()
     else:
         assert gates_of(after) == [gate for gate in gates_of(before) if gate != BACKEND_GATE]
-        backend = f"{BACKEND_ADDRESS}:{BACKEND_PORT}"
-        assert annotations_of(after)[BACKEND_ANNOTATION] == backend
-    if not sed and placement == "dns":
-        properties = annotations_of(after)[PROPERTIES_ANNOTATION]
-        assert json.loads(properties) == frontend_config(BACKEND_ADDRESS, BACKEND_PORT, PLUGINS)
+        # Pinned to a ready backend with the container port; one the pod already named is kept.
+        backend = annotations_of(after)[BACKEND_ANNOTATION]
+        address, _, port = backend.rpartition(":")
+        assert (address in READY_BACKENDS, port) == (True, str(BACKEND_PORT))
+        earlier = annotations_of(before).get(BACKEND_ANNOTATION)
+        if earlier in {f"{ready}:{BACKEND_PORT}" for ready in READY_BACKENDS}:
+            event("pinned: kept the ready backend it named")
+            assert backend == earlier
+        if sed:
+            for name in targets:
+                container = next(c for c in everyone(after) if c["name"] == name)
+                assert f'"server_address": "{address}"' in container["command"][2]
+        else:
+            properties = annotations_of(after)[PROPERTIES_ANNOTATION]
+            assert json.loads(properties) == frontend_config(address, BACKEND_PORT, PLUGINS)
     assert after["spec"]["nodeSelector"] == {
         **(before["spec"].get("nodeSelector") or {}),
         FRONTEND_LABEL: "true",
@@ -326,7 +340,7 @@ def check_mutated(before: dict[str, Any], after: dict[str, Any], placement: str)
 
 @fuzz(1500)
 @given(
-    pod=valid_pods(),
+    pod=valid_pods(EARLIER_BACKENDS),
     api_version=st.sampled_from(ADMISSION_VERSIONS),
     placement=st.sampled_from(["dns", "controller"]),
 )
