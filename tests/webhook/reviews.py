@@ -268,3 +268,29 @@ def wrong_typed(draw: st.DrawFn) -> tuple[dict[str, Any], tuple[Any, ...]]:
         draw(st.sampled_from([v for v in OTHER_TYPED if json_type(v) != current]))
     )
     return pod, path
+
+
+HUGE = 100_000
+QUOTED_FIELDS = {"annotations", "nodeSelector", "labels", "name", "command", "schedulingGates"}
+
+
+@st.composite
+def huge_text(draw: st.DrawFn) -> tuple[dict[str, Any], tuple[Any, ...]]:
+    """A valid pod with a 100,000-character string in one place: a string value replaced, or a
+    key added to an object; and where."""
+    pod = draw(valid_pods())
+    huge = draw(st.sampled_from(["x", "a,", "/", "é", " "])) * HUGE
+    paths = list(node_paths(pod))
+    # Mostly where the mutation reads and may quote a value back: names, annotations, selectors.
+    quoted = [p for p in paths if QUOTED_FIELDS & set(p)]
+    path = draw(st.sampled_from(quoted * 4 + paths))
+    parent: Any = pod
+    for token in path[:-1]:
+        parent = parent[token]
+    target = parent[path[-1]]
+    if isinstance(target, dict):
+        target[huge] = draw(st.sampled_from(["", "v", "true"]))
+        return pod, (*path, "<key>")
+    if isinstance(target, str):
+        parent[path[-1]] = huge
+    return pod, path

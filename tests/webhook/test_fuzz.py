@@ -56,6 +56,7 @@ from tests.webhook.reviews import (
     OWN_ENV,
     OWN_VOLUME,
     STRATEGY,
+    huge_text,
     json_type,
     review,
     valid_pods,
@@ -64,6 +65,8 @@ from tests.webhook.reviews import (
 from tests.webhookproc import WebhookProcess, api_server_client, start_webhook
 
 V1 = ADMISSION_VERSIONS[0]
+# Bound on a log line and on a denial message whatever the pod holds (strings are clipped).
+CLIPPED_BYTES = 4096
 DEFAULT_HOME = "/usr/local/gvirtus"
 # The headless backend Service the DNS server answers for, and its two ready backend pods: each
 # pinned pod gets one of them, with the container port.
@@ -113,7 +116,7 @@ def serve(tmp_path_factory: pytest.TempPathFactory, placement: str) -> Iterator[
                 "PLACEMENT": placement,
                 "BACKEND_HOST": BACKEND_HOST,
                 "BACKEND_PORT": str(BACKEND_PORT),
-                "LOG_LEVEL": "warning",
+                "LOG_LEVEL": "info",  # one line per review: each is checked for its length
             },
             stderr=stderr,
         )
@@ -124,8 +127,10 @@ def serve(tmp_path_factory: pytest.TempPathFactory, placement: str) -> Iterator[
                 assert process.get(client, "/healthz").status_code == 200
         finally:
             process.stop()
-    levels = [json.loads(line)["level"] for line in log_file.read_text().splitlines() if line]
-    assert "error" not in levels
+    lines = [json.loads(line) for line in log_file.read_text().splitlines() if line]
+    assert [line for line in lines if line["level"] == "error"] == []
+    # Clipped: no client-supplied string reaches a log line whole.
+    assert max(len(json.dumps(line)) for line in lines) < CLIPPED_BYTES
 
 
 @pytest.fixture(scope="module")
@@ -482,6 +487,28 @@ def test_a_wrong_typed_pod_is_denied_with_400_or_gets_a_patch_that_applies(
         assert pod_problems(after) == []
         again = send(webhook, review(after, api_version))
         assert (again.allowed, patch_of(again)) == (True, [])
+
+
+# --- huge strings -----------------------------------------------------------------------------
+
+
+HUGE_SELECTOR = enabled_pod(nodeSelector={FRONTEND_LABEL: "v" * 100_000})  # was quoted whole
+
+
+@fuzz(300)
+@given(case=huge_text())
+@example(case=(HUGE_SELECTOR, ("spec", "nodeSelector", FRONTEND_LABEL)))
+def test_a_huge_string_anywhere_in_a_pod_is_clipped_in_the_answer(
+    webhook: Webhook, case: tuple[dict[str, Any], tuple[Any, ...]]
+) -> None:
+    """The answer's message and warnings are bounded (and its log line: see the fixture)."""
+    pod, where = case
+    response = send(webhook, review(pod))
+    event(f"{'allowed' if response.allowed else 'denied'}")
+    texts = [*(response.warnings or []), response.status.message if response.status else ""]
+    assert max(len(text) for text in texts) < CLIPPED_BYTES, where
+    if response.allowed:
+        patched(pod, response)
 
 
 # --- hostile reviews and bodies -----------------------------------------------------------------

@@ -464,8 +464,9 @@ def _node_selector(
     current = _mapping(selector).get(plan.selector_key)
     if current is not None and current != plan.selector_value:
         raise MutationDenied(
-            f"the pod's nodeSelector sets {plan.selector_key}={current!r}, but GVirtuS pods must "
-            f"run on nodes labelled {plan.selector_key}={plan.selector_value}; remove that entry"
+            f"the pod's nodeSelector sets {plan.selector_key}={clip(repr(current))}, but GVirtuS "
+            f"pods must run on nodes labelled {plan.selector_key}={plan.selector_value}; "
+            "remove that entry"
         )
     _set_entries(ops, pod, ("spec", "nodeSelector"), {plan.selector_key: plan.selector_value})
 
