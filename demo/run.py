@@ -1,9 +1,14 @@
 """``make demo``: the real webhook over TLS and DNS, mutating the pods in examples/.
 
 Everything runs on this machine: a throwaway CA and serving certificate, a DNS server on 127.0.0.1
-that knows the backend Service, and the ``gvirtus-webhook`` console script. Each example is sent
-to ``/mutate`` the way the API server would send the pod it is about to create; the decision, the
-warnings and the mutated pod (as a diff) are printed. Everything started is stopped at the end.
+that answers the headless backend Service with three ready backend pods, and the
+``gvirtus-webhook`` console script with the chart's default placement (``controller``). Each
+example is sent to ``/mutate`` the way the API server would send the pod it is about to create;
+the decision, the warnings, the mutated pod (as a diff) and the DNS queries it cost are printed:
+mount-strategy pods are gated for the placement controller without a lookup, the sed pod is pinned
+at admission to one backend pod found by DNS. Then no backend is ready: the sed pod is refused,
+a gated pod is still admitted. Last, the same pod with the controller disabled (``dns``
+placement), and the offline injector. Everything started is stopped at the end.
 """
 
 from __future__ import annotations
@@ -40,8 +45,10 @@ from tests.webhookproc import (  # noqa: E402
 )
 
 EXAMPLES = ROOT / "examples"
-BACKEND_ADDRESS = "10.96.0.42"
-DNS_TTL_SECONDS = 1  # short, so the last step can show what happens when the Service goes away
+# Ready backend pods behind the headless Service (their pod IPs; GVirtuS listens on 9999).
+BACKEND_PODS = ("10.244.1.7", "10.244.2.9", "10.244.3.4")
+BACKEND_ADDRESS = BACKEND_PODS[0]  # what the offline injector is given
+DNS_TTL_SECONDS = 1  # short, so a later step can show what happens when no backend is ready
 WORKLOAD_KINDS = {"Deployment", "StatefulSet", "DaemonSet", "ReplicaSet", "Job"}
 COLOUR = sys.stdout.isatty()
 
@@ -128,8 +135,21 @@ def print_diff(before: dict[str, Any], after: dict[str, Any], name: str) -> None
         print(text)
 
 
-def submit(webhook: WebhookProcess, client: httpx.Client, pod: dict[str, Any]) -> None:
+def submit(
+    webhook: WebhookProcess, client: httpx.Client, pod: dict[str, Any], dns: LoopbackDnsServer
+) -> None:
+    queries = dns.query_count(BACKEND_HOST)
     review = admission_review(pod)
+    try:
+        answer_review(webhook, client, pod, review)
+    finally:
+        asked = dns.query_count(BACKEND_HOST) - queries
+        print(style(f"DNS queries for {BACKEND_HOST}: {asked}", "36"))
+
+
+def answer_review(
+    webhook: WebhookProcess, client: httpx.Client, pod: dict[str, Any], review: dict[str, Any]
+) -> None:
     response = webhook.post(client, "/mutate", json.dumps(review).encode())
     response.raise_for_status()
     answer = response.json()["response"]
@@ -147,7 +167,14 @@ def submit(webhook: WebhookProcess, client: httpx.Client, pod: dict[str, Any]) -
         return
     operations = json.loads(base64.b64decode(answer["patch"]))
     print(style(f"ALLOWED with a JSON Patch of {len(operations)} operations", "32;1"))
-    print_diff(pod, jsonpatch.apply_patch(pod, operations), name)
+    admitted = jsonpatch.apply_patch(pod, operations)
+    print_diff(pod, admitted, name)
+    gates = [gate["name"] for gate in admitted["spec"].get("schedulingGates") or []]
+    backend = (admitted["metadata"].get("annotations") or {}).get("gvirtus.io/backend")
+    if "gvirtus.io/backend" in gates:
+        print(style("gated: the placement controller writes the backend and removes the gate", "1"))
+    elif backend:
+        print(style(f"pinned at admission to backend pod {backend}", "1"))
 
 
 def show_injector(example: Path) -> None:
@@ -176,50 +203,73 @@ def stop(webhook: WebhookProcess | None) -> None:
         os.killpg(webhook.process.pid, signal.SIGKILL)
 
 
+def start(
+    workdir: Path, volume: SecretVolume, dns: LoopbackDnsServer, **settings: str
+) -> WebhookProcess:
+    with (workdir / "webhook.log").open("ab") as log:
+        return start_webhook(
+            {
+                "TLS_CERT_FILE": str(volume.cert_file),
+                "TLS_KEY_FILE": str(volume.key_file),
+                "DNS_NAMESERVERS": dns.nameserver,
+                "BACKEND_HOST": BACKEND_HOST,
+                **settings,
+            },
+            stderr=log,
+        )
+
+
 def main() -> int:
     (ROOT / ".demo").mkdir(exist_ok=True)
     workdir = Path(tempfile.mkdtemp(prefix="run-", dir=ROOT / ".demo"))
-    webhook: WebhookProcess | None = None
+    webhooks: list[WebhookProcess] = []
     dns = LoopbackDnsServer()
     try:
         ca = trustme.CA()
         volume = SecretVolume(workdir / "tls")
         volume.write(serving_cert(ca))
         dns.start()
-        dns.set_a(BACKEND_HOST, BACKEND_ADDRESS, ttl=DNS_TTL_SECONDS)
+        dns.set_a(BACKEND_HOST, *BACKEND_PODS, ttl=DNS_TTL_SECONDS)
         heading("setup")
-        print(f"DNS server on {dns.nameserver}: {BACKEND_HOST} -> {BACKEND_ADDRESS}", end="")
-        print(f" (TTL {DNS_TTL_SECONDS}s)")
-        with (workdir / "webhook.log").open("wb") as log:
-            webhook = start_webhook(
-                {
-                    "TLS_CERT_FILE": str(volume.cert_file),
-                    "TLS_KEY_FILE": str(volume.key_file),
-                    "DNS_NAMESERVERS": dns.nameserver,
-                    "BACKEND_HOST": BACKEND_HOST,
-                },
-                stderr=log,
-            )
+        print(f"DNS server on {dns.nameserver}: {BACKEND_HOST} (headless)")
+        print(f"  -> ready backend pods {', '.join(BACKEND_PODS)} (TTL {DNS_TTL_SECONDS}s)")
+        webhook = start(workdir, volume, dns, PLACEMENT="controller")
+        webhooks.append(webhook)
         waited = webhook.wait_ready(client_context(ca))
         print(f"gvirtus-webhook ready on https://127.0.0.1:{webhook.port} after {waited:.2f}s")
+        print("placement: controller (the chart's default, with controller.enabled)")
         print(f"certificate from a throwaway CA, verified for {VERIFIED_NAME}")
 
         examples = sorted(EXAMPLES.glob("*.yaml"))
+        first = pod_for(yaml.safe_load((EXAMPLES / "gpu-pod.yaml").read_text()))
+        sed = pod_for(yaml.safe_load((EXAMPLES / "sed-strategy-pod.yaml").read_text()))
         with api_server_client(client_context(ca)) as client:
             for example in examples:
                 for document in yaml.safe_load_all(example.read_text()):
                     pod = pod_for(document)
                     heading(f"examples/{example.name}: {document['kind']} {pod_name(document)}")
-                    submit(webhook, client, pod)
-            heading("the backend Service is deleted (DNS now answers NXDOMAIN)")
+                    submit(webhook, client, pod, dns)
+
+            heading("no backend pod is ready (the headless Service has no records)")
             dns.set_nxdomain(BACKEND_HOST)
-            time.sleep(DNS_TTL_SECONDS + 0.2)  # let the cached address expire
-            first = yaml.safe_load((EXAMPLES / "gpu-pod.yaml").read_text())
-            submit(webhook, client, pod_for(first))
+            time.sleep(DNS_TTL_SECONDS + 0.2)  # let the cached addresses expire
+            print("the sed pod, whose command is fixed at creation, cannot wait:")
+            submit(webhook, client, sed, dns)
+            print("a mount pod is gated as before: no lookup, so nothing to fail")
+            submit(webhook, client, first, dns)
+
+        heading("controller.enabled=false: placement dns pins every pod at admission")
+        dns.set_a(BACKEND_HOST, *BACKEND_PODS, ttl=DNS_TTL_SECONDS)
+        pinning = start(workdir, volume, dns, PLACEMENT="dns")
+        webhooks.append(pinning)
+        pinning.wait_ready(client_context(ca))
+        with api_server_client(client_context(ca)) as client:
+            submit(pinning, client, first, dns)
         show_injector(EXAMPLES / "gpu-pod.yaml")
         return 0
     finally:
-        stop(webhook)
+        for running in webhooks:
+            stop(running)
         dns.stop()
         shutil.rmtree(workdir, ignore_errors=True)
 
