@@ -202,26 +202,38 @@ def test_allocatable_reads_the_extended_resource_as_a_string() -> None:
     assert allocatable({"status": {}}, GPU) is None
 
 
-@pytest.fixture
-def webhook_output() -> dict[str, Any]:
+def mutated_application_pod(placement: str) -> dict[str, Any]:
     """The e2e suite's enabled pod after the webhook's real mutation (what a dry run returns)."""
     pod = application_pod(
         "apps", enable_label="gvirtus.io/enabled", gpu_resource=GPU,
         node_selector={"kubernetes.io/os": "linux"},
     )  # fmt: skip
-    mutation = mutate_pod(copy.deepcopy(pod), Settings(), "10.96.0.42")
+    mutation = mutate_pod(copy.deepcopy(pod), Settings(placement=placement), "10.244.1.7")
     patch = [operation.model_dump() for operation in mutation.patch]
     mutated: dict[str, Any] = jsonpatch.apply_patch(pod, patch)
     return mutated
+
+
+@pytest.fixture
+def webhook_output() -> dict[str, Any]:
+    """Pinned at admission (placement dns), so the pod carries its frontend config."""
+    return mutated_application_pod("dns")
 
 
 def test_e2e_reads_the_backend_endpoint_the_webhook_writes(webhook_output: dict[str, Any]) -> None:
     assert frontend_endpoint(webhook_output) == {
         "suite": "tcp/ip",
         "protocol": "tcp",
-        "server_address": "10.96.0.42",
-        "port": "34567",
+        "server_address": "10.244.1.7",
+        "port": "9999",
     }
+
+
+def test_e2e_reads_the_gate_the_webhook_sets_with_the_controller() -> None:
+    gated = mutated_application_pod("controller")
+    assert scheduling_gates(gated) == ["gvirtus.io/backend"]
+    with pytest.raises(AssertionError, match=r"no gvirtus\.io/properties annotation"):
+        frontend_endpoint(gated)  # the controller writes it later
 
 
 def test_e2e_finds_the_config_volume_mount_and_env_the_webhook_adds(
