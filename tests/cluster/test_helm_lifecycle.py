@@ -167,3 +167,25 @@ def test_every_chart_testing_scenario_passes_a_server_side_dry_run(
 
     objects = [doc for doc in yaml.safe_load_all(text) if doc]
     assert applied.stdout.count("(server dry run)") == len(objects)
+
+
+def test_a_server_side_dry_run_refuses_an_object_the_api_server_would_refuse(
+    cluster: Cluster,
+) -> None:
+    """The control for the test above: the dry run applies the API server's own validation."""
+    namespace = "gvirtus-dry-run"
+    ensure_namespace(cluster, namespace)
+    text = cluster.helm("template", "gvirtus-kai", str(CHART), "--namespace", namespace).stdout
+    objects = [doc for doc in yaml.safe_load_all(text) if doc]
+    [deployment] = [
+        o for o in objects if o["kind"] == "Deployment" and "webhook" in o["metadata"]["name"]
+    ]
+    volumes = deployment["spec"]["template"]["spec"]["volumes"]
+    volumes.append(dict(volumes[0]))  # two volumes of one name: valid YAML, invalid pod spec
+
+    refused = cluster.kubectl(
+        "apply", "--dry-run=server", "-f", "-", stdin=yaml.safe_dump(deployment), check=False
+    )
+
+    assert refused.returncode != 0
+    assert "Duplicate value" in refused.stderr

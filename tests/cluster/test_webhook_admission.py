@@ -128,6 +128,7 @@ def test_the_webhook_is_called_only_for_labelled_pods_in_included_namespaces(
         labelled_pod("unlabelled", "apps", {"app": "web"}),
         labelled_pod("label-false", "apps", {ENABLE_LABEL: "false"}),
         labelled_pod("in-kube-system", "kube-system"),
+        labelled_pod("in-kube-node-lease", "kube-node-lease"),
         labelled_pod("in-release-namespace", release.namespace),
         labelled_pod("in-opted-out", "opted-out"),
     ]
