@@ -54,6 +54,7 @@ BACKEND = "gvirtus.io/backend.allowed"
 GPU_PRESENT = "nvidia.com/gpu.present"
 GPU = "nvidia.com/gpu"
 CLUSTER_DOMAIN = "cluster.local"
+DNS_TTL = 5  # CoreDNS's default for Service records
 WAIT = 60.0  # generous bound for anything to happen on a loaded 2-core machine
 T = TypeVar("T")
 
@@ -321,7 +322,7 @@ class Cluster:
             )
         fqdn = f"{name}.{namespace}.svc.{CLUSTER_DOMAIN}"
         if addresses:
-            self.dns.set_a(fqdn, *addresses, ttl=1)
+            self.dns.set_a(fqdn, *addresses, ttl=DNS_TTL)
         else:
             self.dns.set_empty(fqdn)
         return addresses
