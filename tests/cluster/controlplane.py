@@ -11,12 +11,15 @@ kube-controller-manager and kube-scheduler, no kubelet.
   and routes webhook calls to a Service's endpoints (``--enable-aggregator-routing``) rather than
   to its ClusterIP, which nothing on this machine serves.
 - Every component logs to a file in the work directory; a component that exits or never becomes
-  healthy fails start-up with the tail of its log. ``stop()`` kills them all.
+  healthy fails start-up with the tail of its log. ``stop()`` kills them all (also at exit).
+- Concurrent runs on one machine do not collide: every port is a free one, and start-up is retried
+  with fresh ports when another process took one in between.
 """
 
 from __future__ import annotations
 
 import atexit
+import base64
 import contextlib
 import os
 import shutil
@@ -25,10 +28,9 @@ import socket
 import ssl
 import subprocess
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import httpx
 import trustme
@@ -40,12 +42,11 @@ ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = ROOT / ".tools" / "bin"
 SERVICE_CIDR = "10.0.0.0/24"
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
-START_TIMEOUT = (
-    120.0  # a loaded 2-core machine can take tens of seconds to bootstrap the API server
-)
+# A loaded 2-core machine can take tens of seconds to bootstrap the API server.
+START_TIMEOUT = 120.0
 
 # The controllers this test cluster needs. Node lifecycle is left out on purpose: no kubelet runs,
-# so it would mark every node unreachable; nodes are kept Ready by the fixture instead (nodes.py).
+# so it would mark every node unreachable; nodes are kept Ready by the fixture instead (kube.py).
 CONTROLLERS = (
     "deployment-controller",
     "replicaset-controller",
@@ -150,7 +151,6 @@ def wait_healthy(
 
 def kubeconfig_text(server: str, ca_pem: str, user: dict[str, str], name: str) -> str:
     """A kubeconfig with everything inline (``user``: client cert and key, or a token)."""
-    import base64
 
     def b64(text: str) -> str:
         return base64.b64encode(text.encode()).decode()
@@ -428,24 +428,9 @@ class ControlPlane:
         self.components.append(scheduler)
         self.timings["kube-scheduler"] = self._component_healthz(scheduler, port)
 
-    # -- while running ------------------------------------------------------------------------
-
-    def check_running(self) -> None:
-        """Raise naming the first component that has exited (with its log tail)."""
-        for component in self.components:
-            if component.exited():
-                raise component.failure(f"exited with code {component.process.returncode}")
+    # -- identities ---------------------------------------------------------------------------
 
     def kubeconfig_for_token(self, token: str, name: str) -> Path:
         path = self.workdir / f"{name}.kubeconfig"
         path.write_text(kubeconfig_text(self.server, self.ca_pem, {"token": token}, name))
         return path
-
-    def logs(self) -> Iterator[tuple[str, str]]:
-        for component in self.components:
-            yield component.name, component.log_tail()
-
-
-def load_kubeconfig(path: Path) -> dict[str, Any]:
-    config: dict[str, Any] = yaml.safe_load(path.read_text())
-    return config
