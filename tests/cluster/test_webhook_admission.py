@@ -27,38 +27,36 @@ from tests.cluster.release import (
 )
 
 EXAMPLES = sorted((ROOT / "examples").glob("*.yaml"))
-GATE = "gvirtus.io/backend"
 
 
 def example_objects(path: Path) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(path.read_text()) if doc]
 
 
-def pod_template_labels(obj: dict[str, Any]) -> dict[str, str]:
-    labels: dict[str, str] = obj["spec"]["template"]["metadata"].get("labels", {})
-    return labels
-
-
-def assert_mutated(pod: Pod, backends: list[str]) -> None:
-    """What every GVirtuS pod carries once the webhook patched it: the frontend nodeSelector and
-    its frontend configuration, as a projected annotation (mount) naming one of the ``backends``,
-    a wrapped command (sed) or, with the placement controller, a scheduling gate awaiting the
-    backend address."""
+def assert_pinned_and_placed(cluster: Cluster, pod: Pod, backends: list[str]) -> None:
+    """Where every GVirtuS pod ends up: bound to a frontend node, its frontend configuration
+    naming one of the ready ``backends`` - as a projected annotation (mount; with the placement
+    controller, written when it released the pod's scheduling gate) or in the wrapped command
+    (sed, pinned at admission)."""
+    assert pod.metadata is not None
+    assert pod.metadata.name is not None
+    name = pod.metadata.name
+    node = cluster.scheduled_node(str(pod.metadata.namespace), name)  # released, then bound
+    assert node in FRONTEND_NODES, name
+    pod = cluster.client.get(Pod, name, namespace=pod.metadata.namespace)
     assert pod.metadata is not None
     assert pod.spec is not None
-    name = pod.metadata.name
     assert (pod.spec.nodeSelector or {}).get(FRONTEND) == "true", name
+    assert not pod.spec.schedulingGates, name
     annotations = pod.metadata.annotations or {}
-    gates = [gate.name for gate in pod.spec.schedulingGates or []]
-    commands = [c.command or [] for c in pod.spec.containers]
     if PROPERTIES_ANNOTATION in annotations:
         endpoint = json.loads(annotations[PROPERTIES_ANNOTATION])["communicator"][0]["endpoint"]
         assert endpoint["protocol"] == "tcp", name
-        if GATE not in gates:  # pinned at admission: the DNS answer, a ready backend pod
-            assert endpoint["server_address"] in backends, name
+        assert endpoint["server_address"] in backends, name
         env = {e.name for c in pod.spec.containers for e in c.env or []}
         assert "GVIRTUS_CONFIG" in env, name
-    elif GATE not in gates:
+    else:
+        commands = [c.command or [] for c in pod.spec.containers]
         scripts = [command[2] for command in commands if command[:2] == ["/bin/sh", "-c"]]
         assert scripts, name
         assert any(backend in scripts[0] for backend in backends), name
@@ -73,7 +71,7 @@ def created_pods(cluster: Cluster, namespace: str, labels: dict[str, str], count
 
 
 @pytest.mark.parametrize("example", EXAMPLES, ids=lambda p: p.name)
-def test_every_example_is_mutated_by_the_webhook_and_accepted_by_the_api_server(
+def test_every_example_is_accepted_mutated_pinned_to_a_backend_and_placed_on_a_frontend(
     cluster: Cluster, release: Release, example: Path
 ) -> None:
     objects = example_objects(example)
@@ -91,11 +89,11 @@ def test_every_example_is_mutated_by_the_webhook_and_accepted_by_the_api_server(
             selector = obj["spec"]["selector"]["matchLabels"]
             pods = created_pods(cluster, namespace, selector, obj["spec"].get("replicas", 1))
         for pod in pods:
-            assert_mutated(pod, release.backend_addresses)
+            assert_pinned_and_placed(cluster, pod, release.backend_addresses)
         cluster.kubectl("delete", obj["kind"], name, "-n", namespace, "--wait=false")
 
 
-def test_a_jobs_pods_are_mutated(cluster: Cluster, release: Release) -> None:
+def test_a_jobs_pods_are_mutated_pinned_and_placed(cluster: Cluster, release: Release) -> None:
     ensure_namespace(cluster, "batch")
     template = labelled_pod("unused", "batch", {ENABLE_LABEL: "true", "job": "train"})
     assert template.spec is not None
@@ -114,7 +112,7 @@ def test_a_jobs_pods_are_mutated(cluster: Cluster, release: Release) -> None:
     cluster.client.create(job)
 
     [pod] = created_pods(cluster, "batch", {"job": "train"}, 1)
-    assert_mutated(pod, release.backend_addresses)
+    assert_pinned_and_placed(cluster, pod, release.backend_addresses)
 
 
 def test_the_webhook_is_called_only_for_labelled_pods_in_included_namespaces(
