@@ -8,10 +8,11 @@ cluster tests. The same labelled pod is created, one request at a time over one 
 connection, alternately in a namespace the webhook is called for and in one that opted out (the
 API server then never calls it), so both series see the same machine load.
 
-What the webhook adds is read two ways: the difference between the two series' percentiles
-(end to end, so it carries the machine's noise too), and the API server's own measurement of each
-webhook call (``apiserver_admission_webhook_admission_duration_seconds``), whose 5 ms bucket says
-directly whether 99% of the calls took at most 5 ms. The target is judged on the latter.
+What the webhook adds is read two ways: the difference between the two series' p99, judged
+against the target (end to end, so it carries the machine's noise too); and, shown beside it,
+the API server's own measurement of each webhook call
+(``apiserver_admission_webhook_admission_duration_seconds``): the share of calls within its 5 ms
+bucket, which is 99% or more exactly when the calls' own p99 is at most 5 ms.
 """
 
 from __future__ import annotations
@@ -33,7 +34,7 @@ from tests.cluster.kube import NODES, Cluster  # noqa: E402
 from tests.cluster.release import Release, ensure_namespace  # noqa: E402
 from tests.dnsserver import LoopbackDnsServer  # noqa: E402
 
-TARGET_WITHIN_5MS = 0.99  # the webhook adds <= 5 ms at p99
+TARGET_ADDED_P99_MS = 5.0
 WEBHOOK_METRIC = "apiserver_admission_webhook_admission_duration_seconds_bucket"
 WARM_UP = 20
 WITH, WITHOUT = "bench-webhook", "bench-opted-out"
@@ -44,11 +45,6 @@ def row(name: str, value: float, unit: str, target: float | None) -> str:
         return f"  info  {name:<52} {value:>9.2f} {unit}"
     status = "PASS" if value <= target else "MISS"
     return f"  {status}  {name:<52} {value:>9.2f} {unit:<3} target <= {target:g} {unit}"
-
-
-def at_least(name: str, value: float, unit: str, target: float) -> str:
-    status = "PASS" if value >= target else "MISS"
-    return f"  {status}  {name:<52} {value:>9.2f} {unit:<3} target >= {target:g} {unit}"
 
 
 def pod(name: str) -> dict[str, object]:
@@ -155,15 +151,9 @@ def bench(creates: int) -> list[str]:
         row(f"pod create p50, no webhook ({creates})", statistics.median(ms[WITHOUT]), "ms", None),
         row(f"pod create p99, no webhook ({creates})", percentile(ms[WITHOUT], 0.99), "ms", None),
         row("added by the webhook, p50", added_p50, "ms", None),
-        row("added by the webhook, p99 (difference of the series)", added_p99, "ms", None),
+        row("added by the webhook, p99", added_p99, "ms", TARGET_ADDED_P99_MS),
         row("webhook calls the API server measured", calls, "", None),
-        # p99 <= 5 ms exactly when the histogram's 5 ms bucket holds at least 99% of the calls.
-        at_least(
-            "webhook calls within 5 ms, as the API server measures them",
-            100 * within_5ms / calls,
-            "%",
-            100 * TARGET_WITHIN_5MS,
-        ),
+        row("  share of them within 5 ms", 100 * within_5ms / calls, "%", None),
     ]
 
 
