@@ -31,10 +31,12 @@ class PluginProcess:
     health_url: str
     socket: Path
     cdi_spec: Path
+    stderr: Path
 
     async def stderr_lines(self) -> list[str]:
-        assert self.process.stderr is not None
-        return (await self.process.stderr.read()).decode().splitlines()
+        """What the process wrote to stderr, once it has exited."""
+        await self.process.wait()
+        return self.stderr.read_text().splitlines()
 
 
 @contextlib.asynccontextmanager
@@ -51,15 +53,18 @@ async def running_plugin(
         GVIRTUS_KAI_HEALTH_HOST="127.0.0.1",
         GVIRTUS_KAI_HEALTH_PORT=str(port),
     )
-    process = await asyncio.create_subprocess_exec(
-        *prefix, COMMAND, env=env, stderr=asyncio.subprocess.PIPE
-    )
+    # A file, not a pipe: a pipe nobody reads until the end fills up, and a process that logs a
+    # lot (a connection flood) would then block on its next log line.
+    stderr = plugin_dir.parent / f"plugin-{port}.stderr"
+    with stderr.open("wb") as sink:
+        process = await asyncio.create_subprocess_exec(*prefix, COMMAND, env=env, stderr=sink)
     try:
         yield PluginProcess(
             process,
             f"http://127.0.0.1:{port}",
             plugin_dir / "gvirtus-nvidia.com-gpu.sock",
             cdi_dir / "gvirtus.io-vgpu.json",
+            stderr,
         )
     finally:
         if process.returncode is None:
