@@ -25,7 +25,6 @@ import posixpath
 import shlex
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import lru_cache
 from typing import Any, Literal, NamedTuple, TypeGuard
 
 from gvirtus_kai_common.gvirtus import (
@@ -125,8 +124,6 @@ class _Plan:
     selector_value: str
 
 
-# Immutable, and the same for every review to the same backend: computed once per address.
-@lru_cache(maxsize=64)
 def _plan(settings: Settings, backend_address: str | None) -> _Plan:
     address = properties = None
     if backend_address is not None:
