@@ -61,7 +61,9 @@ async def test_a_missing_permission_is_named_and_the_controller_stays_unready(
 
     async def named() -> bool:
         return any(
-            "needs 'list' on 'endpointslices'" in record.getMessage() for record in caplog.records
+            "grant 'list' on 'endpointslices' to the controller's ServiceAccount"
+            in record.getMessage()
+            for record in caplog.records
         )
 
     await eventually(named, "the missing permission in the log")

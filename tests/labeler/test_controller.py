@@ -9,7 +9,8 @@ import math
 
 import pytest
 from gvirtus_kai_common.backoff import Backoff
-from gvirtus_kai_labeler.controller import ApiFailure, Labeler, NodeNotFound
+from gvirtus_kai_common.kube import ApiFailure
+from gvirtus_kai_labeler.controller import Labeler, NodeNotFound
 from gvirtus_kai_labeler.metrics import Metrics
 from lightkube import AsyncClient
 from lightkube.resources.core_v1 import Node
@@ -271,7 +272,10 @@ async def test_the_api_going_down_and_coming_back_is_survived(
     await nodes.has_labels("n1", {FRONTEND: "true"})
     assert labeler.healthy()
     assert metric(registry, "gvirtus_labeler_api_errors_total", verb="watch", code="connection") > 1
-    assert metric(registry, "gvirtus_labeler_watch_restarts_total", reason="error") > 1
+    assert (
+        metric(registry, "gvirtus_labeler_watch_restarts_total", resource="nodes", reason="error")
+        > 1
+    )
 
 
 async def test_a_dropped_watch_resumes_from_the_last_seen_version(
@@ -318,7 +322,10 @@ async def test_an_expired_watch_lists_again_and_resumes(
     await nodes.remove_label("n1", BACKEND)
 
     await nodes.has_labels("n1", {BACKEND: "false"})
-    assert metric(registry, "gvirtus_labeler_watch_restarts_total", reason="expired") == 1
+    assert (
+        metric(registry, "gvirtus_labeler_watch_restarts_total", resource="nodes", reason="expired")
+        == 1
+    )
     assert metric(registry, "gvirtus_labeler_api_errors_total", verb="watch", code="410") == 0
 
 
@@ -374,7 +381,10 @@ async def test_a_long_lived_watch_is_reopened_each_window_without_listing(
     await kube_api.wait_until(lambda: len(watches(kube_api)) >= 3, within=WAIT)
 
     assert len(lists(kube_api)) == 1
-    assert metric(registry, "gvirtus_labeler_watch_restarts_total", reason="window") >= 2
+    assert (
+        metric(registry, "gvirtus_labeler_watch_restarts_total", resource="nodes", reason="window")
+        >= 2
+    )
 
 
 async def test_every_added_label_is_logged_with_node_key_and_value(

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from gvirtus_kai_labeler.logic import label_patch, missing_labels, rbac_hint
+from gvirtus_kai_labeler.logic import label_patch, missing_labels
 
 from tests.labeler.support import BACKEND, DEFAULTS, FRONTEND
 
@@ -29,9 +29,3 @@ def test_the_patch_adds_labels_on_condition_of_the_version_read() -> None:
     assert label_patch({FRONTEND: "true"}, "42") == {
         "metadata": {"resourceVersion": "42", "labels": {FRONTEND: "true"}}
     }
-
-
-def test_the_rbac_hint_names_verb_resource_and_service_account() -> None:
-    assert rbac_hint("watch") == (
-        "forbidden: grant 'watch' on 'nodes' to the labeler's ServiceAccount"
-    )

@@ -2,7 +2,7 @@
 
 Three tasks share one ``Placement`` on one event loop (no locks needed): two watches feed it and
 wake the reconciler, which, while this replica leads, patches pods, records Events and evicts.
-Every API failure is retried with backoff; a watch whose version expired (410) lists again.
+The watches are ``ListWatch``es: API failures retried with backoff, expired versions listed again.
 """
 
 from __future__ import annotations
@@ -12,12 +12,13 @@ import contextlib
 import logging
 import time
 from collections import Counter
-from collections.abc import AsyncIterable, Awaitable, Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
 import httpx2
 from gvirtus_kai_common.backoff import Backoff
 from gvirtus_kai_common.gvirtus import properties_json
+from gvirtus_kai_common.kube import ListWatch
 from lightkube import ALL_NS, ApiError, AsyncClient
 from lightkube.core.client import LabelSelector
 from lightkube.models.meta_v1 import ObjectMeta
@@ -35,9 +36,6 @@ from gvirtus_kai_controller.settings import Settings
 log = logging.getLogger(__name__)
 
 SERVICE_NAME_LABEL = "kubernetes.io/service-name"
-# Watches are opened again from the last version this often, so a connection that died
-# silently cannot leave the controller deaf for longer.
-WATCH_WINDOW_SECONDS = 300.0
 # Patches in flight at once: enough to keep the API server busy, few enough to stay polite.
 PARALLEL_WRITES = 16
 # The reconciler also runs this often without news: eviction deadlines, retries.
@@ -47,7 +45,6 @@ TELL_INTERVAL_SECONDS = 0.5
 EVICTION_RETRY_SECONDS = 10.0
 # On stop, writes in flight (patches, Events, evictions) get this long to be answered.
 STOP_GRACE_SECONDS = 3.0
-LIST_CHUNK = 500
 
 # The two kinds watched; constrained so each use is checked as Pod and as EndpointSlice.
 R = TypeVar("R", Pod, EndpointSlice)
@@ -108,21 +105,19 @@ class Controller:
         """Watch and reconcile until cancelled; returns only if a loop fails unexpectedly."""
         loops: list[Awaitable[None]] = [
             self._follow(
-                "endpointslices",
                 EndpointSlice,
                 self._settings.namespace,
                 {SERVICE_NAME_LABEL: self._settings.backend_service},
                 self._slices_listed,
                 self._slice_event,
-            ),
+            ).run(),
             self._follow(
-                "pods",
                 Pod,
                 ALL_NS,
                 {self._settings.enable_label: "true"},
                 self._pods_listed,
                 self._pod_event,
-            ),
+            ).run(),
             self._reconcile_forever(),
         ]
         if self._elector is not None:
@@ -156,85 +151,28 @@ class Controller:
 
     # -- watches ----------------------------------------------------------------------------
 
-    async def _follow(
+    def _follow(
         self,
-        resource_name: str,
         resource: type[R],
         namespace: str,
         labels: LabelSelector,
-        listed: Callable[[list[R]], None],
-        changed: Callable[[str, R], None],
-    ) -> None:
-        """List, then watch from the listed version; again from scratch when it expires."""
-        backoff = Backoff(initial=0.2, maximum=30.0)
-        version: str | None = None
-        while True:
-            verb = "list" if version is None else "watch"
-            try:
-                if version is None:
-                    listing = self._client.list(
-                        resource, namespace=namespace, labels=labels, chunk_size=LIST_CHUNK
-                    )
-                    items = [item async for item in listing]
-                    version = listing.resourceVersion
-                    listed(items)
-                    self._listed.add(resource_name)
-                    self._after_list()
-                    backoff.reset()
-                verb = "watch"
-                events: AsyncIterable[tuple[str, R]] = self._client.watch(
-                    resource, namespace=namespace, labels=labels, resource_version=version
-                )
-                try:
-                    async with asyncio.timeout(WATCH_WINDOW_SECONDS):
-                        async for event_type, obj in events:
-                            changed(event_type, obj)
-                            if obj.metadata is not None and obj.metadata.resourceVersion:
-                                version = obj.metadata.resourceVersion
-                            backoff.reset()
-                finally:
-                    aclose = getattr(events, "aclose", None)
-                    if aclose is not None:
-                        await aclose()
-            except TimeoutError:
-                continue  # window over: watch again from the last version
-            except ApiError as error:
-                code = error.status.code
-                if code == 410:
-                    self.metrics.watch_restarts.labels(resource_name, "expired").inc()
-                    log.info(
-                        "watch expired (410 Gone); listing again", extra={"resource": resource_name}
-                    )
-                    version = None
-                    await asyncio.sleep(backoff.next_delay())
-                    continue
-                await self._api_failed(verb, resource_name, code, str(error), backoff)
-            except httpx2.HTTPError as error:
-                await self._api_failed(verb, resource_name, None, str(error), backoff)
+        listed: Callable[[list[R]], Awaitable[None]],
+        changed: Callable[[str, R], Awaitable[None]],
+    ) -> ListWatch[R]:
+        return ListWatch(
+            self._client,
+            resource,
+            listed=listed,
+            changed=changed,
+            api_errors=self.metrics.api_errors,
+            watch_restarts=self.metrics.watch_restarts,
+            account="controller",
+            namespace=namespace,
+            labels=labels,
+        )
 
-    async def _api_failed(
-        self, verb: str, resource: str, code: int | None, message: str, backoff: Backoff
-    ) -> None:
-        self.metrics.api_errors.labels(verb, str(code or "connection")).inc()
-        self.metrics.watch_restarts.labels(resource, "error").inc()
-        delay = backoff.next_delay()
-        details = {
-            "verb": verb,
-            "resource": resource,
-            "code": code or "connection",
-            "error": message[:300],
-            "retry_in_seconds": round(delay, 3),
-        }
-        if code == 403:
-            log.error(
-                f"forbidden: the controller's ServiceAccount needs '{verb}' on '{resource}'",
-                extra=details,
-            )
-        else:
-            log.warning("kubernetes API call failed; retrying", extra=details)
-        await asyncio.sleep(delay)
-
-    def _after_list(self) -> None:
+    def _after_list(self, resource: str) -> None:
+        self._listed.add(resource)
         if not self.placement.synced and self._listed >= {"pods", "endpointslices"}:
             self.placement.mark_synced(self._clock())
             log.info(
@@ -247,7 +185,7 @@ class Controller:
             )
         self._wake.set()
 
-    def _slices_listed(self, slices: list[EndpointSlice]) -> None:
+    async def _slices_listed(self, slices: list[EndpointSlice]) -> None:
         port = self._settings.backend_port_name
         endpoints = {
             s.metadata.name: slice_endpoints(s, port)
@@ -255,8 +193,9 @@ class Controller:
             if s.metadata and s.metadata.name
         }
         self._backends_gone(self.placement.replace_slices(endpoints, self._clock()))
+        self._after_list("endpointslices")
 
-    def _slice_event(self, event_type: str, endpoint_slice: EndpointSlice) -> None:
+    async def _slice_event(self, event_type: str, endpoint_slice: EndpointSlice) -> None:
         name = endpoint_slice.metadata.name if endpoint_slice.metadata else None
         if not name:
             return
@@ -274,8 +213,9 @@ class Controller:
             self.metrics.backends_lost.inc()
             log.warning("backend lost", extra={"backend": backend.address, "zone": backend.zone})
 
-    def _pods_listed(self, pods: list[Pod]) -> None:
+    async def _pods_listed(self, pods: list[Pod]) -> None:
         self.placement.replace_pods(self._read_pods(pods), self._clock())
+        self._after_list("pods")
 
     def _read_pods(self, pods: Iterable[Pod]) -> Iterable[PodInfo]:
         for pod in pods:
@@ -284,7 +224,7 @@ class Controller:
             except ValueError as error:
                 log.warning("pod skipped", extra={"error": str(error)})
 
-    def _pod_event(self, event_type: str, pod: Pod) -> None:
+    async def _pod_event(self, event_type: str, pod: Pod) -> None:
         for info in self._read_pods([pod]):
             if event_type == "DELETED":
                 self.placement.remove_pod(info.key)

@@ -52,7 +52,7 @@ class Metrics:
         )
         self.watch_restarts = Counter(
             "gvirtus_controller_watch_restarts",
-            "Watches started again, by resource and reason (expired, error).",
+            "Watches started again, by resource and reason (expired, error, window).",
             ["resource", "reason"],
             registry=r,
         )

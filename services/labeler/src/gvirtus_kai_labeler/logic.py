@@ -19,8 +19,3 @@ def label_patch(missing: Mapping[str, str], resource_version: str) -> dict[str, 
     """A JSON merge patch adding ``missing``; ``metadata.resourceVersion`` makes it conditional:
     the API server answers 409 Conflict if the node changed since we read it at that version."""
     return {"metadata": {"resourceVersion": resource_version, "labels": dict(missing)}}
-
-
-def rbac_hint(verb: str, resource: str = "nodes") -> str:
-    """What to grant when the API server answers 403 to ``verb`` on ``resource``."""
-    return f"forbidden: grant '{verb}' on '{resource}' to the labeler's ServiceAccount"

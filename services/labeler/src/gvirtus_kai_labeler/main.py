@@ -9,13 +9,13 @@ import sys
 from collections.abc import Sequence
 
 from gvirtus_kai_common.health import HealthServer
-from gvirtus_kai_common.kube import api_client
+from gvirtus_kai_common.kube import ApiFailure, api_client
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.settings import EXIT_BAD_SETTINGS, load_settings
 from gvirtus_kai_common.shutdown import run_until_stopped
 from prometheus_client import CollectorRegistry
 
-from gvirtus_kai_labeler.controller import ApiFailure, Labeler, NodeNotFound
+from gvirtus_kai_labeler.controller import Labeler, NodeNotFound
 from gvirtus_kai_labeler.metrics import Metrics
 from gvirtus_kai_labeler.settings import Settings
 

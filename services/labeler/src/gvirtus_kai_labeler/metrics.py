@@ -26,7 +26,8 @@ class Metrics:
         )
         self.watch_restarts = Counter(
             "gvirtus_labeler_watch_restarts",
-            "Watches started again: expired (410 Gone), error (dropped or failed) or window.",
-            ["reason"],
+            "Watches started again, by resource and reason: expired (410 Gone), error (dropped"
+            " or failed) or window.",
+            ["resource", "reason"],
             registry=registry,
         )
