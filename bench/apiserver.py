@@ -37,6 +37,7 @@ from gvirtus_kai_common.gvirtus import BACKEND_GATE
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import exit_status, info, percentile, row  # noqa: E402
 from tests.cluster.controlplane import ControlPlane  # noqa: E402
 from tests.cluster.kube import NODES, Cluster  # noqa: E402
 from tests.cluster.release import Release, ensure_namespace  # noqa: E402
@@ -47,13 +48,6 @@ WEBHOOK_METRIC = "apiserver_admission_webhook_admission_duration_seconds_bucket"
 WARM_UP = 20
 WITH, WITHOUT = "bench-webhook", "bench-opted-out"
 HOLD_GATE = "bench.gvirtus.io/hold"  # never removed: no pod of either series is scheduled
-
-
-def row(name: str, value: float, unit: str, target: float | None) -> str:
-    if target is None:
-        return f"  info  {name:<52} {value:>9.2f} {unit}"
-    status = "PASS" if value <= target else "MISS"
-    return f"  {status}  {name:<52} {value:>9.2f} {unit:<3} target <= {target:g} {unit}"
 
 
 def pod(name: str) -> dict[str, object]:
@@ -72,11 +66,6 @@ def pod(name: str) -> dict[str, object]:
             ],
         },
     }
-
-
-def percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    return ordered[min(len(ordered) - 1, round(fraction * (len(ordered) - 1)))]
 
 
 def measure(plane: ControlPlane, creates: int, round_: int) -> dict[str, list[float]]:
@@ -174,16 +163,16 @@ def bench(creates: int, rounds: int) -> list[str]:
     within_5ms = buckets["0.005"] - buckets_before.get("0.005", 0.0)
     each = ", ".join(f"{result.added_p99:.2f}" for result in results)
     return [
-        row(f"pod create p50, webhook in the path ({creates})", judged.with_p50, "ms", None),
-        row(f"pod create p99, webhook in the path ({creates})", judged.with_p99, "ms", None),
-        row(f"pod create p50, no webhook ({creates})", judged.without_p50, "ms", None),
-        row(f"pod create p99, no webhook ({creates})", judged.without_p99, "ms", None),
-        row("added by the webhook, p50", judged.added_p50, "ms", None),
+        row(f"pod create p50, webhook in the path ({creates})", judged.with_p50, "ms"),
+        row(f"pod create p99, webhook in the path ({creates})", judged.with_p99, "ms"),
+        row(f"pod create p50, no webhook ({creates})", judged.without_p50, "ms"),
+        row(f"pod create p99, no webhook ({creates})", judged.without_p99, "ms"),
+        row("added by the webhook, p50", judged.added_p50, "ms"),
         row(f"added by the webhook, p99 (median of {rounds} rounds)", judged.added_p99, "ms",
             TARGET_ADDED_P99_MS),
-        f"  info  {'  the rounds, p99 added':<52} {each} ms",
-        row("webhook calls the API server measured", calls, "", None),
-        row("  share of them within 5 ms", 100 * within_5ms / calls, "%", None),
+        info("  the rounds, p99 added", f"{each} ms"),
+        row("webhook calls the API server measured", calls, ""),
+        row("  share of them within 5 ms", 100 * within_5ms / calls, "%"),
     ]  # fmt: skip
 
 
@@ -195,7 +184,7 @@ def main() -> int:
     print("kube-apiserver pod creates (real API server, chart-installed webhook, loopback)")
     rows = bench(args.creates, args.rounds)
     print("\n".join(rows))
-    return 1 if any(row.lstrip().startswith("MISS") for row in rows) else 0
+    return exit_status(rows)
 
 
 if __name__ == "__main__":

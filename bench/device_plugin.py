@@ -29,6 +29,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import exit_status, info, resident_parts, row  # noqa: E402
 from tests.device_plugin.kubelet import KubeletEmulator  # noqa: E402
 
 COMMAND = str(Path(sys.executable).parent / "gvirtus-device-plugin")
@@ -49,22 +50,6 @@ def count_not_json(lines: list[str]) -> int:
         except json.JSONDecodeError:
             count += 1
     return count
-
-
-def row(name: str, value: float, unit: str, target: float) -> str:
-    status = "PASS" if value <= target else "MISS"
-    return f"  {status}  {name:<40} {value:>9.3f} {unit:<4} target <= {target:g} {unit}"
-
-
-def resident_parts(pid: int) -> dict[str, float]:
-    """RssAnon (private: Python objects, heaps, stacks) and RssFile (mapped code of the
-    interpreter and the native extensions, shared with the page cache), in MiB."""
-    parts = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("RssAnon", "RssFile"):
-            parts[key] = int(value.split()[0]) / 1024
-    return parts
 
 
 def remove_plugin_sockets(plugin_dir: Path) -> None:
@@ -139,18 +124,17 @@ async def bench(restarts: int) -> list[str]:
         shutil.rmtree(work, ignore_errors=True)
     return [
         f"device plugin, {DEVICE_COUNT} devices, {restarts} kubelet restarts:",
-        f"  info  process start to first registration   {first_registration:>9.3f} s",
+        row("process start to first registration", first_registration, "s"),
         row("re-registration after restart, median", statistics.median(delays), "s",
             TARGET_REREGISTER_S),
         row("re-registration after restart, worst", max(delays), "s", TARGET_REREGISTER_S),
         row("registrations without the CDI spec on disk", registered_without_spec, "", 0),
-        f"  info  CDI spec back after deletion, median  {statistics.median(restores):>9.3f} s",
+        row("CDI spec back after deletion, median", statistics.median(restores), "s"),
         row(f"CDI spec back after deletion, worst of {CDI_DELETIONS}", max(restores), "s",
             TARGET_CDI_RESTORE_S),
         row("idle RSS", memory.rss / 2**20, "MiB", TARGET_RSS_MIB),
-        f"  info  idle USS (not shared with other processes) {memory.uss / 2**20:>6.3f} MiB",
-        f"  info  idle RSS anonymous / file-backed           {parts['RssAnon']:.1f} / "
-        f"{parts['RssFile']:.1f} MiB",
+        row("idle USS (not shared with other processes)", memory.uss / 2**20, "MiB"),
+        info("idle RSS anonymous / file-backed", parts),
         row("stderr lines that are not JSON", not_json, "", 0),
     ]  # fmt: skip
 
@@ -161,7 +145,7 @@ def main() -> int:
     args = parser.parse_args()
     rows = asyncio.run(bench(args.restarts))
     print("\n".join(rows), flush=True)
-    return 1 if any(row.lstrip().startswith("MISS") for row in rows) else 0
+    return exit_status(rows)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ import psutil
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import exit_status, info, resident_parts, row  # noqa: E402
 from tests.cluster.controlplane import ControlPlane  # noqa: E402
 
 COMMAND = str(Path(sys.executable).parent / "gvirtus-labeler")
@@ -39,29 +40,12 @@ WAIT = 60.0
 MERGE_PATCH = {"content-type": "application/merge-patch+json"}
 
 
-def row(name: str, value: float, unit: str, target: float | None) -> str:
-    if target is None:
-        return f"  info  {name:<44} {value:>9.3f} {unit}"
-    status = "PASS" if value <= target else "MISS"
-    return f"  {status}  {name:<44} {value:>9.3f} {unit:<4} target <= {target:g} {unit}"
-
-
 def environment(kubeconfig: Path, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
     env.update(KUBECONFIG=str(kubeconfig), GVIRTUS_KAI_HEALTH_HOST="127.0.0.1")
     env.update(GVIRTUS_KAI_HEALTH_PORT="0", GVIRTUS_KAI_LOG_LEVEL="warning")
     env.update({f"GVIRTUS_KAI_{k.upper()}": v for k, v in settings.items()})
     return env
-
-
-def resident_parts(pid: int) -> str:
-    """RssAnon (private: Python objects, heaps) / RssFile (mapped interpreter and native code)."""
-    parts = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        key, _, value = line.partition(":")
-        if key in ("RssAnon", "RssFile"):
-            parts[key] = int(value.split()[0]) / 1024
-    return f"{parts['RssAnon']:.1f} / {parts['RssFile']:.1f} MiB"
 
 
 def wait_until(check: Callable[[], bool], what: str) -> float:
@@ -149,9 +133,9 @@ def per_node(plane: ControlPlane, api: Api, deletions: int) -> list[str]:
             "s",
             TARGET_RESTORE_MEDIAN_S,
         ),
-        row(f"restore latency, worst of {deletions}", max(restores), "s", None),
+        row(f"restore latency, worst of {deletions}", max(restores), "s"),
         row("idle RSS of the labeler", rss_mib, "MiB", TARGET_RSS_MIB),
-        f"  info  idle RSS anonymous / file-backed           {parts}",
+        info("idle RSS anonymous / file-backed", parts),
         row("SIGTERM to exit", shutdown, "s", TARGET_SIGTERM_S),
     ]
 
@@ -170,9 +154,9 @@ def all_nodes(plane: ControlPlane, api: Api, nodes: int) -> list[str]:
     finally:
         stop(labeler)
     return [
-        row(f"--all-nodes: start and label {nodes} nodes", elapsed, "s", None),
+        row(f"--all-nodes: start and label {nodes} nodes", elapsed, "s"),
         row(f"--all-nodes: restore latency among {nodes}", restore, "s", TARGET_RESTORE_MEDIAN_S),
-        row(f"--all-nodes: RSS watching {nodes} nodes", rss_mib, "MiB", None),
+        row(f"--all-nodes: RSS watching {nodes} nodes", rss_mib, "MiB"),
     ]
 
 
@@ -194,7 +178,7 @@ def main() -> int:
     print("labeler (real gvirtus-labeler process, real kube-apiserver + etcd on loopback)")
     rows = bench(args.deletions, args.nodes)
     print("\n".join(rows))
-    return 1 if any(row.lstrip().startswith("MISS") for row in rows) else 0
+    return exit_status(rows)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,10 @@ from gvirtus_kai_webhook.patching import apply_patch
 from gvirtus_kai_webhook.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from bench.report import exit_status, info, row  # noqa: E402
+
 REVIEWS = ROOT / "tests" / "webhook" / "fixtures" / "reviews"
 WORKLOADS = ROOT / "tests" / "webhook" / "fixtures" / "manifests" / "workloads.yaml"
 CLI = str(Path(sys.executable).with_name("gvirtus-kai"))
@@ -34,13 +38,6 @@ BACKEND_IP = "10.96.0.42"
 TARGET_MUTATION_US = 100.0
 TARGET_INJECT_DOCS_PER_S = 1000.0
 TARGET_CLI_START_S = 1.0
-
-
-def row(name: str, value: float, unit: str, target: float, *, at_least: bool = False) -> str:
-    ok = value >= target if at_least else value <= target
-    bound = ">=" if at_least else "<="
-    status = "PASS" if ok else "MISS"
-    return f"  {status}  {name:<44} {value:>10.1f} {unit:<6} target {bound} {target:g} {unit}"
 
 
 def per_call_us(call: Callable[[], object], rounds: int) -> float:
@@ -102,7 +99,7 @@ def inject_rows(copies: int) -> list[str]:
     return [
         row(f"inject: parse, mutate, dump {len(documents)} documents", len(documents) / elapsed,
             "docs/s", TARGET_INJECT_DOCS_PER_S, at_least=True),
-        f"  info  {'inject: share of time spent parsing YAML':<44} {load_share:>10.0%}",
+        info("inject: share of time spent parsing YAML", f"{load_share:.0%}"),
         row("gvirtus-kai process start (--version)", min(starts), "s", TARGET_CLI_START_S),
     ]  # fmt: skip
 
@@ -115,7 +112,7 @@ def main() -> int:
     print("pod mutation and injector", flush=True)
     rows = mutation_rows(args.rounds) + inject_rows(args.copies)
     print("\n".join(rows), flush=True)
-    return 1 if any(row.lstrip().startswith("MISS") for row in rows) else 0
+    return exit_status(rows)
 
 
 if __name__ == "__main__":

@@ -34,6 +34,7 @@ import trustme
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.report import info, row  # noqa: E402
 from tests.tlsfiles import VERIFIED_NAME, SecretVolume, client_context, serving_cert  # noqa: E402
 from tests.webhookproc import (  # noqa: E402
     BACKEND_HOST,
@@ -124,20 +125,6 @@ def _cpu_seconds(pid: int) -> float:
     return float(times.user + times.system)
 
 
-def verdict(name: str, value: float, target: float, unit: str, higher_is_better: bool) -> str:
-    ok = value >= target if higher_is_better else value <= target
-    if target == 0:
-        margin = 0.0
-    else:
-        margin = (value / target - 1) * 100 if higher_is_better else (1 - value / target) * 100
-    status = "PASS" if ok else "MISS"
-    relation = ">=" if higher_is_better else "<="
-    return (
-        f"  {status}  {name:<34} {value:>10.3f} {unit:<5} target {relation} {target:g} {unit}"
-        f"  ({margin:+.0f}% margin)"
-    )
-
-
 def start_dns_server() -> tuple[subprocess.Popen[str], str]:
     """The loopback DNS server in its own process, on the load CPU."""
     process = subprocess.Popen(
@@ -176,10 +163,6 @@ def runtime_webhook() -> list[str]:
         )  # fmt: skip
         stamp.write_text(digest)
     return [str(RUNTIME_VENV / "bin" / "gvirtus-webhook")]
-
-
-def info(name: str, value: str) -> str:
-    return f"  info  {name:<34} {value}"
 
 
 def median_run(results: list[WrkResult]) -> WrkResult:
@@ -326,7 +309,7 @@ def bench(seconds: int, runs: int) -> tuple[list[str], bool]:
     lines = [f"webhook (runtime dependencies only, as in the image) vs baseline, {seconds}s runs:"]
     met = True
     for name, value, target, unit, higher_is_better in figures:
-        line = verdict(name, value, target, unit, higher_is_better)
+        line = row(name, value, unit, target, at_least=higher_is_better)
         met = met and line.lstrip().startswith("PASS")
         lines.append(line)
     ours_rps = ", ".join(f"{result.requests_per_second:.0f}" for result in ours_16)
