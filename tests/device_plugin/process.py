@@ -41,10 +41,11 @@ class PluginProcess:
 
 @contextlib.asynccontextmanager
 async def running_plugin(
-    plugin_dir: Path, cdi_dir: Path, prefix: tuple[str, ...] = ()
+    plugin_dir: Path, cdi_dir: Path, prefix: tuple[str, ...] = (), port: int | None = None
 ) -> AsyncIterator[PluginProcess]:
-    """The plugin process (run through ``prefix``, if given), killed on exit if still running."""
-    port = free_port()
+    """The plugin process (run through ``prefix``, if given; its health port ``port``, else a
+    free one), killed on exit if still running."""
+    port = port or free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
     env.update(
         GVIRTUS_KAI_PLUGIN_DIR=str(plugin_dir),

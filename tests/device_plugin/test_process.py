@@ -7,6 +7,7 @@ import contextlib
 import json
 import re
 import signal
+import socket
 import sys
 import time
 from pathlib import Path
@@ -186,3 +187,18 @@ async def test_a_connection_flood_on_the_health_port_under_a_low_descriptor_limi
     assert refused is not None
     assert float(refused.group(1)) > 0
     assert any(line["msg"].startswith("too many connections") for line in lines)
+
+
+async def test_a_health_port_already_in_use_fails_naming_the_port(
+    plugin_dir: Path, cdi_dir: Path
+) -> None:
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        async with running_plugin(plugin_dir, cdi_dir, port=port) as plugin:
+            code = await asyncio.wait_for(plugin.process.wait(), WAIT_SECONDS)
+            lines = [json.loads(line) for line in await plugin.stderr_lines()]
+    assert code == 1
+    [error] = [line for line in lines if line["level"] == "error"]
+    assert (error["msg"], error["port"]) == ("cannot serve /healthz, /readyz and /metrics", port)

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
 
 from gvirtus_kai_common.connections import ConnectionLimit, within_descriptor_limit
+from gvirtus_kai_common.shutdown import run_until_stopped
 
 log = logging.getLogger(__name__)
 
@@ -62,6 +64,10 @@ class HealthServer:
         )
         self._limit = ConnectionLimit(within_descriptor_limit(max_connections), refused, "health")
         self._server: asyncio.Server | None = None
+
+    @property
+    def requested_port(self) -> int:
+        return self._port
 
     @property
     def port(self) -> int:
@@ -127,3 +133,33 @@ class HealthServer:
         if path == "/metrics":
             return "200 OK", CONTENT_TYPE_LATEST, generate_latest(self._registry)
         return "404 Not Found", "text/plain", b"not found\n"
+
+
+EXIT_FAILED = 1  # the port could not be served, or the service's loop failed
+
+
+async def run_with_health(
+    health: HealthServer,
+    service: Callable[[], Coroutine[Any, Any, object]],
+    *,
+    grace_seconds: float = 1.0,
+) -> int:
+    """Serve the health endpoints while ``service()`` runs until SIGTERM/SIGINT
+    (``run_until_stopped``); the exit status: 0 once stopped, ``EXIT_FAILED`` when the port
+    cannot be served or the service failed (logged as a JSON line, not a bare traceback)."""
+    try:
+        await health.start()
+    except OSError as error:
+        log.error(
+            "cannot serve /healthz, /readyz and /metrics",
+            extra={"port": health.requested_port, "error": str(error)},
+        )
+        return EXIT_FAILED
+    try:
+        await run_until_stopped(service(), grace_seconds=grace_seconds)
+    except Exception:
+        log.exception("service loop ended unexpectedly")
+        return EXIT_FAILED
+    finally:
+        await health.stop()
+    return 0

@@ -8,11 +8,10 @@ import socket
 import sys
 from collections.abc import Sequence
 
-from gvirtus_kai_common.health import HealthServer
+from gvirtus_kai_common.health import HealthServer, run_with_health
 from gvirtus_kai_common.kube import api_client
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.settings import EXIT_BAD_SETTINGS, load_settings
-from gvirtus_kai_common.shutdown import run_until_stopped
 
 from gvirtus_kai_controller.controller import Controller
 from gvirtus_kai_controller.leader import LeaderElector
@@ -50,35 +49,22 @@ async def run(settings: Settings) -> int:
         metrics.registry,
         is_ready=controller.ready,
     )
+    log.info(
+        "controller starting",
+        extra={
+            "namespace": settings.namespace,
+            "backend_service": settings.backend_service,
+            "policy": settings.policy,
+            "max_pods_per_backend": settings.max_pods_per_backend,
+            "leader_election": settings.leader_election,
+        },
+    )
     try:
-        try:
-            await health.start()
-        except OSError as error:
-            log.error(
-                "cannot serve /healthz, /readyz and /metrics",
-                extra={"port": settings.health_port, "error": str(error)},
-            )
-            return EXIT_FAILED
-        log.info(
-            "controller starting",
-            extra={
-                "namespace": settings.namespace,
-                "backend_service": settings.backend_service,
-                "policy": settings.policy,
-                "max_pods_per_backend": settings.max_pods_per_backend,
-                "leader_election": settings.leader_election,
-            },
-        )
-        try:
-            await run_until_stopped(controller.run())
-        except Exception:  # run() only ends by cancellation; anything else is a bug
-            log.exception("control loop ended unexpectedly")
-            return EXIT_FAILED
-        await controller.stop()
-        log.info("stopped")
-        return 0
+        status = await run_with_health(health, controller.run)
+        await controller.stop()  # in-flight writes, then the Lease
+        log.info("stopped", extra={"exit_status": status})
+        return status
     finally:
-        await health.stop()
         await client.close()
 
 

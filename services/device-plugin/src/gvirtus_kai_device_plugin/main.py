@@ -7,10 +7,9 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gvirtus_kai_common.health import HealthServer
+from gvirtus_kai_common.health import HealthServer, run_with_health
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.settings import ENV_PREFIX, EXIT_BAD_SETTINGS, load_settings
-from gvirtus_kai_common.shutdown import run_until_stopped
 from prometheus_client import CollectorRegistry
 
 from gvirtus_kai_device_plugin import files
@@ -36,7 +35,7 @@ def check_directories(settings: Settings) -> list[str]:
     return problems
 
 
-async def serve(settings: Settings) -> None:
+async def serve(settings: Settings) -> int:
     registry = CollectorRegistry()
     plugin = DevicePlugin(settings, registry)
     # Outside the restart loop: a kubelet restart must not take the probe endpoint down.
@@ -49,11 +48,7 @@ async def serve(settings: Settings) -> None:
         registry,
         is_ready=lambda: plugin.registered,
     )
-    await health.start()
-    try:
-        await run_until_stopped(plugin.run())
-    finally:
-        await health.stop()
+    return await run_with_health(health, plugin.run)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -73,7 +68,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         },
     )
     try:
-        asyncio.run(serve(settings))
+        sys.exit(asyncio.run(serve(settings)))
     except Exception:
         # Whatever stopped it unexpectedly is said as a JSON line, not a bare traceback.
         log.exception("device plugin failed")

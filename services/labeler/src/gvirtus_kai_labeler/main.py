@@ -8,7 +8,7 @@ import logging
 import sys
 from collections.abc import Sequence
 
-from gvirtus_kai_common.health import HealthServer
+from gvirtus_kai_common.health import HealthServer, run_with_health
 from gvirtus_kai_common.kube import ApiFailure, api_client
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.settings import EXIT_BAD_SETTINGS, load_settings
@@ -56,23 +56,9 @@ async def _run(settings: Settings, once: bool, all_nodes: bool) -> int:
         if once:
             return await _label_once(labeler)
         health = HealthServer(settings.health_host, settings.health_port, labeler.healthy, registry)
-        try:
-            await health.start()
-        except OSError as error:
-            log.error(
-                "cannot serve /healthz and /metrics",
-                extra={"port": settings.health_port, "error": str(error)},
-            )
-            return EXIT_FAILED
-        try:
-            await run_until_stopped(labeler.run(), grace_seconds=SHUTDOWN_GRACE_SECONDS)
-        except Exception:  # run() only ends by cancellation; anything else is a bug
-            log.exception("control loop ended unexpectedly")
-            return EXIT_FAILED
-        finally:
-            await health.stop()
-        log.info("stopped", extra={"scope": labeler.scope})
-        return 0
+        status = await run_with_health(health, labeler.run, grace_seconds=SHUTDOWN_GRACE_SECONDS)
+        log.info("stopped", extra={"scope": labeler.scope, "exit_status": status})
+        return status
     finally:
         await client.close()
 
