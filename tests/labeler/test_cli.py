@@ -209,7 +209,8 @@ async def test_a_health_port_already_in_use_fails_naming_the_port(
 
     assert code == 1
     [error] = [e for e in json_lines(stderr) if e["level"] == "error"]
-    assert (error["msg"], str(error["port"])) == ("cannot serve /healthz, /readyz and /metrics", port)
+    message = "cannot serve /healthz, /readyz and /metrics"
+    assert (error["msg"], str(error["port"])) == (message, port)
 
 
 # -- long-running ---------------------------------------------------------------------------------
