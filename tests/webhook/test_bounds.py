@@ -89,6 +89,37 @@ def test_an_endless_request_head_is_cut_off_with_431(webhook: RunningWebhook) ->
     assert rss_after - rss_before < 20 * 2**20
 
 
+def test_a_large_review_is_answered_not_taken_for_a_header_flood(webhook: RunningWebhook) -> None:
+    """A body near the 3 MiB limit arrives in the same reads as its head: the head limit must
+    count only what comes before a request starts."""
+    document = review_document()
+    document["request"]["object"]["metadata"]["annotations"] = {"example.com/big": "x" * 2**21}
+    body = json.dumps(document)
+    with tls_connection(webhook) as connection:
+        answer = exchange(connection, "POST", "/mutate", body)
+        assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+        # The connection is still good for the next review.
+        answer = exchange(connection, "POST", "/mutate", json.dumps(review_document()))
+    assert answer.startswith(b"HTTP/1.1 200")
+    assert b'"allowed":true' in answer
+
+
+def test_pipelined_requests_are_each_answered(webhook: RunningWebhook) -> None:
+    body = json.dumps(review_document())
+    request = (
+        f"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\n\r\n{body}"
+    ).encode()
+    with tls_connection(webhook) as connection:
+        connection.sendall(request * 3 + b"GET /healthz HTTP/1.1\r\nHost: webhook\r\n\r\n")
+        received = b""
+        while received.count(b"HTTP/1.1 200") < 4 or not received.endswith(b"ok\n"):
+            chunk = connection.recv(65536)
+            assert chunk, received
+            received += chunk
+    assert received.count(b'"allowed":true') == 3
+
+
 def test_idle_tls_connections_are_closed_after_the_idle_timeout(webhook: RunningWebhook) -> None:
     connections = [tls_connection(webhook) for _ in range(5)]  # handshaken, nothing sent
     started = time.monotonic()
@@ -167,7 +198,7 @@ def test_a_client_still_sending_after_its_408_is_let_go_without_an_error_logged(
     webhook: RunningWebhook,
 ) -> None:
     """It never reads the answer nor answers the TLS close: a client problem, not a failure of
-    the webhook (it once logged one, with a Hypercorn traceback)."""
+    the webhook (it once logged one, with a traceback)."""
     body = json.dumps(review_document()).encode()
     head = (
         f"POST /mutate HTTP/1.1\r\nHost: webhook\r\nContent-Type: application/json\r\n"

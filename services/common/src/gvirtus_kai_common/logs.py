@@ -12,6 +12,10 @@ from typing import Any
 _BLANK_RECORD = logging.LogRecord("", 0, "", 0, "", None, None)
 _STANDARD_ATTRS = frozenset(vars(_BLANK_RECORD).keys() | {"message", "asctime", "taskName"})
 
+# One encoder for every line (json.dumps with options would build a new one per call); values
+# JSON cannot hold (an exception, a path) are logged as their str().
+_ENCODE = json.JSONEncoder(default=str).encode
+
 # Longest user-supplied text a log line or an error message repeats (a Kubernetes name is 253).
 CLIP_CHARS = 256
 
@@ -48,7 +52,7 @@ class JsonFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exc"] = self.formatException(record.exc_info)
-        return json.dumps(entry, default=str)
+        return _ENCODE(entry)
 
 
 def setup_logging(level: str = "info") -> None:

@@ -102,7 +102,7 @@ def escape_pointer_token(token: str) -> str:
 
 def json_pointer(*tokens: str | int) -> str:
     """Build a JSON Pointer from raw path tokens, e.g. ("metadata", "labels", "gvirtus.io/x")."""
-    return "".join("/" + escape_pointer_token(str(t)) for t in tokens)
+    return "".join(["/" + escape_pointer_token(str(t)) for t in tokens])
 
 
 # --- the pod fields the mutation reads, with the types it relies on ----------------------------

@@ -571,7 +571,9 @@ def _mapping(value: object) -> Mapping[str, Any]:
 
 
 def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
-    return isinstance(value, Mapping)
+    # A parsed JSON or YAML object is a dict; checking for dict, not the Mapping ABC, is exact
+    # and skips the ABC machinery that showed up in the webhook's profile.
+    return isinstance(value, dict)
 
 
 def _sequence(value: object) -> Sequence[Any]:

@@ -1,34 +1,31 @@
 """``gvirtus-webhook``: serve the admission webhook over HTTPS until SIGTERM.
 
-Hypercorn serves HTTP/1.1: unlike uvicorn, its keep-alive timeout also runs before the first
-request and while a request head trickles in, so idle and slow clients are closed. It has no
-connection cap, so connections are accepted here, and each one the cap admits is handed, after
-the TLS handshake, to Hypercorn's per-connection server.
+uvicorn's HTTP/1.1 protocol (httptools) serves each connection. What it leaves unbounded is bounded
+here, around it: connections are accepted here, so the cap sees each one before a TLS handshake is
+spent on it, and the handshake has a deadline; a ``ConnectionGuard`` then gives every request head
+a deadline and a size limit.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import ipaddress
 import logging
+import math
 import socket
 import ssl
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import cast
 
+import uvicorn
 import uvloop
-from fastapi import FastAPI
 from gvirtus_kai_common.connections import ConnectionLimit, within_descriptor_limit
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.settings import EXIT_BAD_SETTINGS, load_settings
 from gvirtus_kai_common.shutdown import run_until_stopped
-from hypercorn.asyncio.tcp_server import TCPServer
-from hypercorn.asyncio.worker_context import WorkerContext
-from hypercorn.config import Config
-from hypercorn.typing import ASGIFramework
-from hypercorn.utils import wrap_app
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+from uvicorn.server import ServerState
 
 from gvirtus_kai_webhook.admission import AdmissionReviewer
 from gvirtus_kai_webhook.app import build_app
@@ -44,9 +41,19 @@ EXIT_FAILED = 1
 TLS_POLL_SECONDS = 1.0
 MAX_HEAD_BYTES = 16 * 1024  # request line and headers; more is answered 431 and closed
 # A closing connection waits this long for the client's TLS close_notify, then is dropped: a
-# client that never answers must not hold its descriptor (asyncio's default is 30 s).
+# client that never answers must not hold its descriptor (the event loop's default is 30 s).
 TLS_SHUTDOWN_SECONDS = 0.1
 BACKLOG = 128
+GUARD = "gvirtus.connection"  # the key of a request's ConnectionGuard in its ASGI scope's state
+
+_HEAD_TOO_LARGE_BODY = (
+    f'{{"code":431,"message":"request head is larger than {MAX_HEAD_BYTES} bytes"}}'.encode()
+)
+HEAD_TOO_LARGE = (
+    b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
+    b"content-length: %d\r\nconnection: close\r\n\r\n%s"
+    % (len(_HEAD_TOO_LARGE_BODY), _HEAD_TOO_LARGE_BODY)
+)
 
 
 class ListenError(Exception):
@@ -79,23 +86,127 @@ def listening_socket(host: str, port: int, backlog: int = BACKLOG) -> socket.soc
         raise ListenError(f"cannot listen on {shown}:{port}: {exc}") from exc
 
 
-def hypercorn_config(settings: Settings) -> Config:
-    config = Config()
-    config.keep_alive_timeout = settings.idle_timeout_seconds
-    config.h11_max_incomplete_size = MAX_HEAD_BYTES
-    config.include_server_header = False
-    config.accesslog = None  # the reviewer logs one structured line per admission instead
-    config.errorlog = logging.getLogger("hypercorn.error")  # into the JSON root handler
-    return config
+class ConnectionGuard(asyncio.Protocol):
+    """One client connection, passed through to uvicorn's HTTP protocol, with the bounds that
+    protocol lacks: while no request is in progress (before the first one, between keep-alive
+    requests, while a head trickles in) the connection is closed after ``idle_seconds`` and a
+    head over ``MAX_HEAD_BYTES`` is answered 431. uvicorn starts the app once a head is complete;
+    ``guarded`` tells the guard when each request starts and ends."""
 
+    def __init__(
+        self,
+        http: Callable[[ConnectionGuard], asyncio.Protocol],
+        idle_seconds: float,
+        on_lost: Callable[[ConnectionGuard], None],
+    ) -> None:
+        self._http = http(self)
+        self._idle_seconds = idle_seconds
+        self._on_lost = on_lost
+        self._loop = asyncio.get_running_loop()
+        self._transport: asyncio.Transport | None = None
+        self._deadline: asyncio.TimerHandle | None = None
+        self._requests = 0
+        self._unclaimed = 0  # bytes received since the last request started or ended
+        self._closing = False
+        self.lost = self._loop.create_future()
 
-class ClientStreamProtocol(asyncio.StreamReaderProtocol):
-    """A client that never answers our TLS close_notify (one still trickling a body after its
-    408, say) is gone all the same: the connection ends as a close, not as the "SSL shutdown
-    timed out" error Hypercorn would raise into the app, which logged it as a failure of ours."""
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self._transport = cast(asyncio.Transport, transport)
+        self._http.connection_made(transport)
+        self._arm()
+
+    def data_received(self, data: bytes) -> None:
+        self._http.data_received(data)
+        if self._requests == 0:
+            over = self._unclaimed <= MAX_HEAD_BYTES < self._unclaimed + len(data)
+            self._unclaimed += len(data)
+            if over:
+                # A complete head starts the app in a task that runs before this callback; a
+                # head still unclaimed then is too large.
+                self._loop.call_soon(self._check_head)
+
+    def eof_received(self) -> bool | None:
+        return self._http.eof_received()
+
+    def pause_writing(self) -> None:
+        self._http.pause_writing()
+
+    def resume_writing(self) -> None:
+        self._http.resume_writing()
 
     def connection_lost(self, exc: Exception | None) -> None:
-        super().connection_lost(None if isinstance(exc, TimeoutError) else exc)
+        self._disarm()
+        self._http.connection_lost(exc)
+        if not self.lost.done():
+            self.lost.set_result(None)
+        self._on_lost(self)
+
+    def request_started(self) -> None:
+        self._requests += 1
+        self._unclaimed = 0
+        self._disarm()
+
+    def request_finished(self) -> None:
+        self._requests -= 1
+        if self._requests == 0:
+            self._unclaimed = 0
+            if self._closing:
+                self.close()
+            else:
+                self._arm()
+
+    def close_when_idle(self) -> None:
+        """Close now if no request is in progress, else once the last one has been answered."""
+        self._closing = True
+        if self._requests == 0:
+            self.close()
+
+    def close(self) -> None:
+        if self._transport is not None:
+            self._transport.close()
+
+    def abort(self) -> None:
+        if self._transport is not None:
+            self._transport.abort()
+
+    def _check_head(self) -> None:
+        if self._requests == 0 and self._unclaimed > MAX_HEAD_BYTES and self._transport:
+            self._transport.write(HEAD_TOO_LARGE)
+            self._transport.close()
+
+    def _arm(self) -> None:
+        self._disarm()
+        self._deadline = self._loop.call_later(self._idle_seconds, self.close)
+
+    def _disarm(self) -> None:
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+
+
+def guarded(app: ASGIApp, stopping: Callable[[], bool]) -> ASGIApp:
+    """``app``, telling each request's ``ConnectionGuard`` when the request starts and ends; once
+    the server is stopping, every answer says ``Connection: close``, so a client learns from the
+    answer itself to send its next review elsewhere."""
+
+    async def guarded_app(scope: Scope, receive: Receive, send: Send) -> None:
+        guard = scope.get("state", {}).get(GUARD)
+        if not isinstance(guard, ConnectionGuard):
+            await app(scope, receive, send)
+            return
+
+        async def send_closing(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message["headers"], (b"connection", b"close")]}
+            await send(message)
+
+        guard.request_started()
+        try:
+            await app(scope, receive, send_closing if stopping() else send)
+        finally:
+            guard.request_finished()
+
+    return guarded_app
 
 
 class WebhookServer:
@@ -104,15 +215,15 @@ class WebhookServer:
     def __init__(
         self, tls: ReloadingServerTLS, settings: Settings, metrics: WebhookMetrics
     ) -> None:
-        self._config = hypercorn_config(settings)
-        self._context = WorkerContext(None)  # its ``terminated`` closes idle connections
         self._tls = tls
         self._settings = settings
         self._metrics = metrics
         self._limit = ConnectionLimit(
             within_descriptor_limit(settings.max_connections), metrics.connections_refused, "https"
         )
-        self._connections: set[asyncio.Task[None]] = set()
+        self._state = ServerState()
+        self._handshakes: set[asyncio.Task[None]] = set()
+        self._guards: set[ConnectionGuard] = set()
         self._accepting: asyncio.Task[None] | None = None
         self._stopped = asyncio.Event()
         self.stopping = False
@@ -120,12 +231,30 @@ class WebhookServer:
     def is_ready(self) -> bool:
         return self._accepting is not None and not self.stopping
 
-    async def serve(self, app: FastAPI, listener: socket.socket) -> None:
+    async def serve(self, app: ASGIApp, listener: socket.socket) -> None:
         """Serve ``app`` on ``listener`` until ``drain`` has finished."""
-        # FastAPI is an ASGI app; only its type annotations differ from Hypercorn's.
-        self._app = wrap_app(cast(ASGIFramework, app), self._config.wsgi_max_body_size, "asgi")
+        config = uvicorn.Config(
+            guarded(app, lambda: self.stopping),
+            http="httptools",
+            ws="none",
+            lifespan="off",
+            log_config=None,  # the JSON root handler takes uvicorn's few lines
+            access_log=False,  # the reviewer logs one structured line per admission instead
+            server_header=False,
+            proxy_headers=False,  # the API server connects directly; no forwarded-for to trust
+            # uvicorn's own idle timer between requests; the guard's fires first anyway.
+            timeout_keep_alive=math.ceil(self._settings.idle_timeout_seconds),
+        )
+        config.load()
+        protocol = cast(Callable[..., asyncio.Protocol], config.http_protocol_class)
+
+        def http(guard: ConnectionGuard) -> asyncio.Protocol:
+            # uvicorn's HTTP protocol, built as its own server builds it, with the connection's
+            # guard in the ASGI scope["state"] of each of its requests.
+            return protocol(config=config, server_state=self._state, app_state={GUARD: guard})
+
         listener.setblocking(False)
-        self._accepting = asyncio.create_task(self._accept(listener))
+        self._accepting = asyncio.create_task(self._accept(listener, http))
         host, port = listener.getsockname()[:2]
         log.info("serving HTTPS", extra={"host": host, "port": port, "cap": self._limit.maximum})
         try:
@@ -134,28 +263,32 @@ class WebhookServer:
             self._accepting.cancel()
 
     async def drain(self) -> None:
-        """The rollout order: readiness 503 while still serving, then stop accepting, close
-        idle connections at once, and give in-flight reviews the drain time."""
+        """The rollout order: readiness 503 while still serving (every answer now says
+        ``Connection: close``), then stop accepting, close idle connections at once, and give
+        in-flight reviews the drain time."""
         self.stopping = True
-        # From now on every answer says "Connection: close" (Hypercorn adds it once a connection
-        # has served this many requests): a client learns to reconnect elsewhere from the answer
-        # itself, instead of sending its next review down a connection we are about to close.
-        self._config.keep_alive_max_requests = 0
         settings = self._settings
         log.info("stopping: not ready", extra={"delay_seconds": settings.shutdown_delay_seconds})
         await asyncio.sleep(settings.shutdown_delay_seconds)
         if self._accepting is not None:
             self._accepting.cancel()
-        await self._context.terminated.set()
-        if self._connections:
-            log.info("finishing in-flight requests", extra={"connections": len(self._connections)})
-            await asyncio.wait(set(self._connections), timeout=settings.shutdown_drain_seconds)
-        for task in self._connections:
+        for task in self._handshakes:
             task.cancel()
+        guards = set(self._guards)
+        for guard in guards:
+            guard.close_when_idle()
+        busy = {guard.lost for guard in guards if not guard.lost.done()}
+        if busy:
+            log.info("finishing in-flight requests", extra={"connections": len(busy)})
+            await asyncio.wait(busy, timeout=settings.shutdown_drain_seconds)
+        for guard in list(self._guards):
+            guard.abort()
         self._stopped.set()
 
-    async def _accept(self, listener: socket.socket) -> None:
-        # Accepting here rather than with asyncio.start_server lets the cap see a connection
+    async def _accept(
+        self, listener: socket.socket, http: Callable[[ConnectionGuard], asyncio.Protocol]
+    ) -> None:
+        # Accepting here rather than with loop.create_server lets the cap see a connection
         # before anything is read from it or a TLS handshake is spent on it.
         loop = asyncio.get_running_loop()
         while True:
@@ -168,44 +301,41 @@ class WebhookServer:
             if not self._limit.admit():
                 connection.close()
                 continue
-            task = asyncio.create_task(self._serve_connection(connection))
-            self._connections.add(task)
             self._metrics.connections_open.set(self._limit.open)
+            task = asyncio.create_task(self._handshake(connection, http))
+            self._handshakes.add(task)
+            task.add_done_callback(self._handshakes.discard)
 
-    async def _serve_connection(self, connection: socket.socket) -> None:
-        loop = asyncio.get_running_loop()
-        reader = asyncio.StreamReader()
-        protocol = ClientStreamProtocol(reader)
+    async def _handshake(
+        self, connection: socket.socket, http: Callable[[ConnectionGuard], asyncio.Protocol]
+    ) -> None:
+        guard = ConnectionGuard(http, self._settings.idle_timeout_seconds, self._lost)
+        self._guards.add(guard)
+        connected = False
         try:
-            transport, _ = await loop.connect_accepted_socket(
-                lambda: protocol,
+            await asyncio.get_running_loop().connect_accepted_socket(
+                lambda: guard,
                 connection,
                 ssl=self._tls.listening_context,
                 ssl_handshake_timeout=self._settings.idle_timeout_seconds,
                 ssl_shutdown_timeout=TLS_SHUTDOWN_SECONDS,
             )
-            writer = asyncio.StreamWriter(transport, protocol, reader, loop)
-            serving = asyncio.ensure_future(
-                TCPServer(self._app, loop, self._config, self._context, {}, reader, writer)
-            )
-            closed = asyncio.ensure_future(writer.wait_closed())
-            try:
-                # Hypercorn notices a client that hung up only when its idle timer fires; the
-                # connection ends as soon as its transport has closed instead.
-                await asyncio.wait({serving, closed}, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                closed.cancel()
-                serving.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await serving
+            connected = True
         except (OSError, ssl.SSLError, TimeoutError):
-            connection.close()  # a failed or too slow handshake, or the client left
+            pass  # a failed or too slow handshake, or the client left
         finally:
-            task = asyncio.current_task()
-            if task is not None:
-                self._connections.discard(task)
-            self._limit.release()
-            self._metrics.connections_open.set(self._limit.open)
+            if not connected:  # the guard never saw the connection, so it cannot report it lost
+                connection.close()
+                self._lost(guard)
+
+    def _lost(self, guard: ConnectionGuard) -> None:
+        if guard in self._guards:
+            self._guards.discard(guard)
+            self._release()
+
+    def _release(self) -> None:
+        self._limit.release()
+        self._metrics.connections_open.set(self._limit.open)
 
 
 async def serve(settings: Settings) -> None:
