@@ -54,6 +54,9 @@ def frontend_config(server_address: str, port: int | str, plugins: Sequence[str]
     }
 
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # one encoder, not one per call
+
+
 def properties_json(server_address: str, port: int | str, plugins: Sequence[str]) -> str:
     """``frontend_config`` as the compact JSON text the pod annotation holds."""
-    return json.dumps(frontend_config(server_address, port, plugins), separators=(",", ":"))
+    return _COMPACT.encode(frontend_config(server_address, port, plugins))

@@ -165,12 +165,15 @@ class AdmissionReviewer:
             mutation = mutate_pod(pod, self._settings, address)
         except MutationDenied as exc:
             raise _Denial(400, str(exc)) from None
-        allowed.warnings = mutation.warnings or None
+        warnings = mutation.warnings or None
         if not mutation.patch:
-            return Outcome.ALLOWED, allowed
-        allowed.patchType = "JSONPatch"
-        allowed.patch = base64.b64encode(JsonPatch.dump_json(mutation.patch)).decode("ascii")
-        return Outcome.MUTATED, allowed
+            unchanged = AdmissionResponse(uid=request.uid, allowed=True, warnings=warnings)
+            return Outcome.ALLOWED, unchanged
+        patch = base64.b64encode(JsonPatch.dump_json(mutation.patch)).decode("ascii")
+        response = AdmissionResponse(
+            uid=request.uid, allowed=True, warnings=warnings, patchType="JSONPatch", patch=patch
+        )
+        return Outcome.MUTATED, response
 
     def reject(self, status: int, message: str, started: float | None = None) -> RequestRejected:
         """Count and log a request that carries no usable AdmissionReview; the exception."""

@@ -95,14 +95,10 @@ JsonPatchOperation = Annotated[
 JsonPatch = TypeAdapter(list[JsonPatchOperation])
 
 
-def escape_pointer_token(token: str) -> str:
-    """RFC 6901: ``~`` becomes ``~0`` and ``/`` becomes ``~1`` (order matters)."""
-    return token.replace("~", "~0").replace("/", "~1")
-
-
 def json_pointer(*tokens: str | int) -> str:
-    """Build a JSON Pointer from raw path tokens, e.g. ("metadata", "labels", "gvirtus.io/x")."""
-    return "".join(["/" + escape_pointer_token(str(t)) for t in tokens])
+    """A JSON Pointer from raw path tokens, e.g. ("metadata", "labels", "gvirtus.io/x"), escaped
+    as RFC 6901 says: "~" becomes "~0", then "/" becomes "~1"."""
+    return "".join(["/" + str(t).replace("~", "~0").replace("/", "~1") for t in tokens])
 
 
 # --- the pod fields the mutation reads, with the types it relies on ----------------------------
