@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import email.utils
 import json
 import signal
 import socket
@@ -10,6 +11,7 @@ import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime
 from pathlib import Path
 
 import httpx
@@ -92,6 +94,14 @@ def test_review_is_mutated_over_https(running: RunningWebhook) -> None:
     result = response.json()["response"]
     assert result["allowed"] is True
     assert result["patchType"] == "JSONPatch"
+
+
+def test_answers_carry_the_current_date(running: RunningWebhook) -> None:
+    with running.client() as client:
+        response = running.process.get(client, "/healthz")
+    sent = email.utils.parsedate_to_datetime(response.headers["date"])
+    assert abs((sent - datetime.now(UTC)).total_seconds()) < 5
+    assert "server" not in response.headers  # nothing to tell a scanner
 
 
 def test_connection_is_kept_alive_across_reviews(running: RunningWebhook) -> None:

@@ -16,6 +16,7 @@ import socket
 import ssl
 import sys
 from collections.abc import Callable, Sequence
+from email.utils import formatdate
 from typing import cast
 
 import uvicorn
@@ -255,12 +256,14 @@ class WebhookServer:
 
         listener.setblocking(False)
         self._accepting = asyncio.create_task(self._accept(listener, http))
+        dating = asyncio.create_task(self._keep_date_header())
         host, port = listener.getsockname()[:2]
         log.info("serving HTTPS", extra={"host": host, "port": port, "cap": self._limit.maximum})
         try:
             await self._stopped.wait()
         finally:
             self._accepting.cancel()
+            dating.cancel()
 
     async def drain(self) -> None:
         """The rollout order: readiness 503 while still serving (every answer now says
@@ -284,6 +287,13 @@ class WebhookServer:
         for guard in list(self._guards):
             guard.abort()
         self._stopped.set()
+
+    async def _keep_date_header(self) -> None:
+        # Every answer carries a Date (RFC 9110): uvicorn's protocol sends the server state's
+        # default headers, which uvicorn's own server refreshes each second; so does this.
+        while True:
+            self._state.default_headers = [(b"date", formatdate(usegmt=True).encode())]
+            await asyncio.sleep(1.0)
 
     async def _accept(
         self, listener: socket.socket, http: Callable[[ConnectionGuard], asyncio.Protocol]
