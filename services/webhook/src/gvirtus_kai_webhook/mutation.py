@@ -571,8 +571,7 @@ def _mapping(value: object) -> Mapping[str, Any]:
 
 
 def _is_mapping(value: object) -> TypeGuard[Mapping[str, Any]]:
-    # A parsed JSON or YAML object is a dict; checking for dict, not the Mapping ABC, is exact
-    # and skips the ABC machinery that showed up in the webhook's profile.
+    # Parsed JSON and YAML objects are dicts: an exact check, and cheaper than the Mapping ABC's.
     return isinstance(value, dict)
 
 
