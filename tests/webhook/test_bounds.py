@@ -89,6 +89,18 @@ def test_an_endless_request_head_is_cut_off_with_431(webhook: RunningWebhook) ->
     assert rss_after - rss_before < 20 * 2**20
 
 
+def test_a_large_unparseable_head_gets_one_400_and_nothing_after_it(
+    webhook: RunningWebhook,
+) -> None:
+    with tls_connection(webhook) as connection:
+        with contextlib.suppress(ConnectionError, ssl.SSLError):
+            connection.sendall(b"\x00garbage" * 5000)  # over the head limit, and no HTTP at all
+        answer, _ = read_until_closed(connection)
+    assert answer.startswith(b"HTTP/1.1 400")
+    assert answer.count(b"HTTP/1.1") == 1
+    assert [line for line in webhook.log_lines() if line["level"] == "error"] == []
+
+
 def test_a_large_review_is_answered_not_taken_for_a_header_flood(webhook: RunningWebhook) -> None:
     """A body near the 3 MiB limit arrives in the same reads as its head: the head limit must
     count only what comes before a request starts."""

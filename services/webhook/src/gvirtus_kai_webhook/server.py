@@ -171,9 +171,12 @@ class ConnectionGuard(asyncio.Protocol):
             self._transport.abort()
 
     def _check_head(self) -> None:
-        if self._requests == 0 and self._unclaimed > MAX_HEAD_BYTES and self._transport:
-            self._transport.write(HEAD_TOO_LARGE)
-            self._transport.close()
+        transport = self._transport
+        if transport is None or transport.is_closing():  # e.g. uvicorn answered a bad head 400
+            return
+        if self._requests == 0 and self._unclaimed > MAX_HEAD_BYTES:
+            transport.write(HEAD_TOO_LARGE)
+            transport.close()
 
     def _arm(self) -> None:
         self._disarm()
