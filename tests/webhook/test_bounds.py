@@ -89,6 +89,18 @@ def test_an_endless_request_head_is_cut_off_with_431(webhook: RunningWebhook) ->
     assert rss_after - rss_before < 20 * 2**20
 
 
+def test_a_head_over_the_limit_is_answered_431_with_the_json_error_body(
+    webhook: RunningWebhook,
+) -> None:
+    head = b"POST /mutate HTTP/1.1\r\nHost: webhook\r\nX-Big: " + b"a" * 20_000 + b"\r\n"
+    with tls_connection(webhook) as connection:
+        connection.sendall(head)  # then wait: everything sent has been read, so no reset
+        answer, _ = read_until_closed(connection)
+    status, _, body = answer.partition(b"\r\n\r\n")
+    assert status.startswith(b"HTTP/1.1 431")
+    assert json.loads(body) == {"code": 431, "message": "request head is larger than 16384 bytes"}
+
+
 def test_a_large_unparseable_head_gets_one_400_and_nothing_after_it(
     webhook: RunningWebhook,
 ) -> None:

@@ -146,15 +146,14 @@ class AdmissionReviewer:
 
     async def _admit(self, request: AdmissionRequest) -> tuple[Outcome, AdmissionResponse]:
         kind = request.kind
-        allowed = AdmissionResponse(uid=request.uid, allowed=True)
         if kind is None or kind.kind != "Pod" or kind.group != "" or request.operation != "CREATE":
-            return Outcome.ALLOWED, allowed
+            return Outcome.ALLOWED, AdmissionResponse(uid=request.uid, allowed=True)
         pod = request.object
         if pod is None:
             message = "malformed AdmissionReview: request.object is missing"
             raise _Denial(400, message, Outcome.ERROR)
         if not is_enabled(pod, self._settings):
-            return Outcome.ALLOWED, allowed
+            return Outcome.ALLOWED, AdmissionResponse(uid=request.uid, allowed=True)
         address = None
         if needs_backend_address(pod, self._settings):
             try:

@@ -32,6 +32,7 @@ from gvirtus_kai_webhook.admission import AdmissionReviewer
 from gvirtus_kai_webhook.app import build_app
 from gvirtus_kai_webhook.dns import BackendResolver
 from gvirtus_kai_webhook.metrics import WebhookMetrics
+from gvirtus_kai_webhook.models import ErrorBody
 from gvirtus_kai_webhook.settings import Settings
 from gvirtus_kai_webhook.tls import ReloadingServerTLS, TLSLoadError
 
@@ -47,8 +48,11 @@ TLS_SHUTDOWN_SECONDS = 0.1
 BACKLOG = 128
 GUARD = "gvirtus.connection"  # the key of a request's ConnectionGuard in its ASGI scope's state
 
+# The same JSON error body as every other refusal of ours (written here: no app sees the request).
 _HEAD_TOO_LARGE_BODY = (
-    f'{{"code":431,"message":"request head is larger than {MAX_HEAD_BYTES} bytes"}}'.encode()
+    ErrorBody(code=431, message=f"request head is larger than {MAX_HEAD_BYTES} bytes")
+    .model_dump_json()
+    .encode()
 )
 HEAD_TOO_LARGE = (
     b"HTTP/1.1 431 Request Header Fields Too Large\r\ncontent-type: application/json\r\n"
@@ -172,7 +176,9 @@ class ConnectionGuard(asyncio.Protocol):
 
     def _check_head(self) -> None:
         transport = self._transport
-        if transport is None or transport.is_closing():  # e.g. uvicorn answered a bad head 400
+        # Not onto a connection uvicorn is closing (it answered a bad head 400); uvloop would
+        # drop the write anyway, but that is not a promise of the transport interface.
+        if transport is None or transport.is_closing():
             return
         if self._requests == 0 and self._unclaimed > MAX_HEAD_BYTES:
             transport.write(HEAD_TOO_LARGE)
