@@ -19,9 +19,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import jsonpatch
 from gvirtus_kai_webhook.cli import inject, render, split_documents
+from gvirtus_kai_webhook.models import JsonPatch
 from gvirtus_kai_webhook.mutation import mutate_pod
-from gvirtus_kai_webhook.patching import apply_patch
 from gvirtus_kai_webhook.settings import Settings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -54,7 +55,8 @@ def mutation_rows(rounds: int) -> list[str]:
     settings = Settings(placement="dns")
     gpu = pod("pod-gpu-v1.json")
     already = copy.deepcopy(gpu)
-    apply_patch(already, mutate_pod(gpu, settings, BACKEND_IP).patch)
+    patch = JsonPatch.dump_python(mutate_pod(gpu, settings, BACKEND_IP).patch)
+    jsonpatch.apply_patch(already, patch, in_place=True)
     gated = Settings(placement="controller")
     rows = [
         row(

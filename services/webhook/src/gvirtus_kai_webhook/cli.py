@@ -26,11 +26,13 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, TextIO
 
+import jsonpatch
 import yaml
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.settings import load_settings, settings_usage
 
 from gvirtus_kai_webhook.dns import BackendResolutionError, BackendResolver, choose_backend
+from gvirtus_kai_webhook.models import JsonPatch
 from gvirtus_kai_webhook.mutation import (
     MutationDenied,
     is_enabled,
@@ -38,7 +40,6 @@ from gvirtus_kai_webhook.mutation import (
     needs_backend_address,
     pinned_address,
 )
-from gvirtus_kai_webhook.patching import apply_patch
 from gvirtus_kai_webhook.settings import PLACEMENTS, STRATEGIES, Settings
 from gvirtus_kai_webhook.workloads import PodSite, pod_sites
 
@@ -188,7 +189,8 @@ def inject(documents: list[Any], settings: Settings, backend_address: str | None
         except MutationDenied as exc:
             report.errors.append(f"{_label(index, site)}: {exc}")
             continue
-        apply_patch(site.pod, mutation.patch)
+        # In place: the pod may be a workload's template inside the document.
+        jsonpatch.apply_patch(site.pod, JsonPatch.dump_python(mutation.patch), in_place=True)
         if mutation.patch:
             report.changed.add(index)
         report.warnings.extend(f"{_label(index, site)}: {w}" for w in mutation.warnings)
