@@ -4,6 +4,10 @@ uvicorn's HTTP/1.1 protocol (httptools) serves each connection. What it leaves u
 here, around it: connections are accepted here, so the cap sees each one before a TLS handshake is
 spent on it, and the handshake has a deadline; a ``ConnectionGuard`` then gives every request head
 a deadline and a size limit.
+
+Stock ``uvicorn.Server`` cannot: ``limit_concurrency`` answers 503 only after accept and TLS, and
+with httptools no option bounds a head's size or arrival time (``timeout_keep_alive`` is between
+requests). The uvicorn internals used instead are checked in tests/webhook/test_uvicorn_contract.py.
 """
 
 from __future__ import annotations
