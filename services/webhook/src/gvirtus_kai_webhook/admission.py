@@ -17,6 +17,7 @@ from gvirtus_kai_common.logs import clip
 from pydantic import ValidationError
 
 from gvirtus_kai_webhook.dns import BackendResolutionError, BackendResolver
+from gvirtus_kai_webhook.gpu_guard import GuardSkipped, guard_pod
 from gvirtus_kai_webhook.metrics import Outcome, WebhookMetrics
 from gvirtus_kai_webhook.models import (
     ADMISSION_VERSIONS,
@@ -85,8 +86,9 @@ class AdmissionReviewer:
         self._resolver = resolver
         self._metrics = metrics
 
-    async def review(self, body: bytes) -> AdmissionReviewResponse:
-        """Answer one ``POST /mutate`` body; raises only ``RequestRejected``."""
+    async def review(self, body: bytes, *, guard: bool = False) -> AdmissionReviewResponse:
+        """Answer one ``POST /mutate`` body (with ``guard``, one of the guard route, which keeps
+        plain GPU pods off virtual GPUs); raises only ``RequestRejected``."""
         started = time.perf_counter()
         try:
             document = orjson.loads(body)
@@ -114,7 +116,7 @@ class AdmissionReviewer:
             parsed = None
         else:
             parsed = review.request
-            outcome, response = await self._decide(parsed)
+            outcome, response = self._guard(parsed) if guard else await self._decide(parsed)
         elapsed = time.perf_counter() - started
         self._metrics.admissions.labels(outcome.value).inc()
         self._metrics.admission_duration.observe(elapsed)
@@ -123,6 +125,7 @@ class AdmissionReviewer:
             "namespace": clip(parsed.namespace) if parsed and parsed.namespace else None,
             "pod": _pod_name(parsed) if parsed else None,
             "outcome": outcome.value,
+            "route": "guard" if guard else "mutate",
             "duration_ms": round(elapsed * 1000, 3),
         }
         if response.status is not None:
@@ -171,6 +174,45 @@ class AdmissionReviewer:
         patch = base64.b64encode(JsonPatch.dump_json(mutation.patch)).decode("ascii")
         response = AdmissionResponse(
             uid=request.uid, allowed=True, warnings=warnings, patchType="JSONPatch", patch=patch
+        )
+        return Outcome.MUTATED, response
+
+    def _guard(self, request: AdmissionRequest) -> tuple[Outcome, AdmissionResponse]:
+        """Keep a plain GPU pod off virtual GPUs. Never refuses a pod: the guard is registered
+        with failurePolicy Ignore, so refusing here would only be stricter than being down."""
+        kind = request.kind
+        pod = request.object
+        if kind is None or kind.kind != "Pod" or kind.group != "" or request.operation != "CREATE":
+            return Outcome.ALLOWED, AdmissionResponse(uid=request.uid, allowed=True)
+        if pod is None:
+            warning = "GVirtuS: the review carries no pod; not checked for virtual GPUs"
+            return Outcome.ERROR, AdmissionResponse(
+                uid=request.uid, allowed=True, warnings=[warning]
+            )
+        settings = self._settings
+        try:
+            patch = guard_pod(
+                pod,
+                enable_label=settings.enable_label,
+                gpu_resource=settings.gpu_resource,
+                virtual_nodes=settings.virtual_gpu_requirements,
+            )
+        except GuardSkipped as exc:
+            warning = f"GVirtuS: not checked for virtual GPUs, the pod is malformed: {exc}"
+            return Outcome.ERROR, AdmissionResponse(
+                uid=request.uid, allowed=True, warnings=[clip(warning)]
+            )
+        except Exception:
+            log.exception("guard failed", extra={"uid": clip(request.uid)})
+            warning = "GVirtuS: internal error, not checked for virtual GPUs; see the webhook logs"
+            return Outcome.ERROR, AdmissionResponse(
+                uid=request.uid, allowed=True, warnings=[warning]
+            )
+        if not patch:
+            return Outcome.ALLOWED, AdmissionResponse(uid=request.uid, allowed=True)
+        encoded = base64.b64encode(JsonPatch.dump_json(patch)).decode("ascii")
+        response = AdmissionResponse(
+            uid=request.uid, allowed=True, patchType="JSONPatch", patch=encoded
         )
         return Outcome.MUTATED, response
 

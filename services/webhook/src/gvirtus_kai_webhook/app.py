@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 # review; refusing it early bounds the memory one client can make us use.
 MAX_BODY_BYTES = 3 * 1024 * 1024
 MUTATE_PATH = "/mutate"
+# Called for GPU pods that are no GVirtuS pods: keeps them off the device plugin's virtual GPUs.
+GUARD_PATH = "/guard-plain-gpu-pods"
 TITLE = "GVirtuS-KAI admission webhook"
 API_VERSION = "0.1.0"
 
@@ -137,6 +139,21 @@ def build_app(
         answer = await reviewer.review(body)
         # Validated when it was built; a Response is sent as is, where returning the model would
         # have FastAPI validate it again (about 7% of a review's CPU time).
+        return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
+
+    @api.post(
+        GUARD_PATH,
+        response_model=AdmissionReviewResponse,
+        response_model_exclude_none=True,
+        responses=errors,
+        openapi_extra={"requestBody": _MUTATE_REQUEST_BODY},
+        summary="Keep a GPU pod that is no GVirtuS pod off virtual GPUs (called by the API server)",
+    )
+    async def guard(request: Request) -> Response:
+        """AdmissionReview answer: allowed, with a JSON Patch adding a required node affinity
+        that excludes the nodes whose GPUs are virtual; never denied."""
+        body = await read_body(request, reviewer, body_timeout)
+        answer = await reviewer.review(body, guard=True)
         return Response(answer.model_dump_json(exclude_none=True), media_type="application/json")
 
     @api.head("/healthz", include_in_schema=False)  # one documented operation per path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from functools import cached_property
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
@@ -11,6 +12,8 @@ from gvirtus_kai_common.labels import is_dns_subdomain, label_key_problem, label
 from gvirtus_kai_common.settings import ServiceSettings
 from pydantic import BaseModel, Field, field_validator
 from pydantic_settings import NoDecode
+
+from gvirtus_kai_webhook.gpu_guard import NodeRequirement, parse_node_requirements
 
 Strategy = Literal["mount", "sed"]
 STRATEGIES: tuple[Strategy, ...] = ("mount", "sed")
@@ -85,6 +88,11 @@ class Settings(ServiceSettings):
         "gvirtus.io/enabled", description="pod label whose value 'true' asks for GVirtuS"
     )
     gpu_resource: str = Field("nvidia.com/gpu", description="the GPU extended resource")
+    virtual_gpu_nodes: str = Field(
+        "gvirtus.io/frontend.allowed=true,nvidia.com/gpu.present!=true",
+        description="the labels of the nodes whose GPUs are virtual (the device plugin's), as "
+        "key=value,key!=value: the guard route keeps GPU pods that are no GVirtuS pods off them",
+    )
     # Bounds on what one client may hold; see the server module.
     idle_timeout_seconds: float = Field(
         5.0,
@@ -124,6 +132,12 @@ class Settings(ServiceSettings):
             raise ValueError("at least one GVirtuS plugin is needed")
         return value
 
+    @field_validator("virtual_gpu_nodes")
+    @classmethod
+    def _check_virtual_gpu_nodes(cls, value: str) -> str:
+        parse_node_requirements(value)  # raises ValueError naming the bad entry
+        return value
+
     @field_validator("backend_host")
     @classmethod
     def _check_host(cls, value: str) -> str:
@@ -156,6 +170,10 @@ class Settings(ServiceSettings):
         if problem:
             raise ValueError(f"{value!r}: {problem}")
         return value
+
+    @cached_property
+    def virtual_gpu_requirements(self) -> tuple[NodeRequirement, ...]:
+        return parse_node_requirements(self.virtual_gpu_nodes)
 
     @property
     def frontend_label_key(self) -> str:
