@@ -89,6 +89,42 @@ def forbidden_hint(account: str, verb: str, resource: str) -> str:
     return f"forbidden: grant '{verb}' on '{resource}' to the {account}'s ServiceAccount"
 
 
+class ApiErrors:
+    """How a service accounts for its failed API calls, the same for every call: counted by verb
+    and code, logged with the error clipped, and a 403 logged as an error naming what to grant.
+
+    ``counter`` (labels verb, code) may be None where nothing is counted (a part used alone).
+    """
+
+    def __init__(self, counter: Counter | None, account: str) -> None:
+        self._counter = counter
+        self.account = account
+
+    def record(
+        self,
+        failure: ApiFailure,
+        resource: str,
+        what: str,
+        *,
+        level: int = logging.WARNING,
+        **details: object,
+    ) -> None:
+        """Count ``failure`` and log ``what`` happened, with ``details`` (a 403: the hint)."""
+        if self._counter is not None:
+            self._counter.labels(failure.verb, failure.code_label).inc()
+        extra = {
+            "resource": resource,
+            "verb": failure.verb,
+            "code": failure.code_label,
+            "error": clip(failure.message),
+            **details,
+        }
+        if failure.code == 403:
+            log.error(forbidden_hint(self.account, failure.verb, resource), extra=extra)
+        else:
+            log.log(level, what, extra=extra)
+
+
 class ListWatch(Generic[R]):
     """Keeps a handler up to date with one kind of object, for as long as it runs.
 
@@ -122,9 +158,8 @@ class ListWatch(Generic[R]):
         self.name = api_info(resource).plural  # "nodes", "pods": for logs and metrics
         self._listed: Callable[[list[R]], Awaitable[None]] = listed
         self._changed: Callable[[str, R], Awaitable[None]] = changed
-        self._api_errors = api_errors
+        self._api_errors = ApiErrors(api_errors, account)
         self._watch_restarts = watch_restarts
-        self._account = account
         # Only namespaced kinds take a namespace (lightkube's ALL_NS: every one).
         self._scope: dict[str, Any] = {"namespace": namespace} if namespace else {}
         self._labels = labels
@@ -219,19 +254,13 @@ class ListWatch(Generic[R]):
 
     async def pause_after(self, failure: ApiFailure) -> None:
         """Count and log a failed call, then wait the backoff's next delay."""
-        self._api_errors.labels(failure.verb, failure.code_label).inc()
         delay = self._backoff.next_delay()
-        details = {
-            **self._about(),
-            "verb": failure.verb,
-            "code": failure.code_label,
-            "error": clip(failure.message),
-            "retry_in_seconds": round(delay, 3),
-        }
-        if failure.code == 403:
-            log.error(forbidden_hint(self._account, failure.verb, self.name), extra=details)
-        else:
-            log.warning("kubernetes API call failed; retrying", extra=details)
+        self._api_errors.record(
+            failure,
+            self.name,
+            "kubernetes API call failed; retrying",
+            retry_in_seconds=round(delay, 3),
+        )
         await asyncio.sleep(delay)
 
     def _about(self) -> dict[str, str]:

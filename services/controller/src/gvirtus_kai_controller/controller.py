@@ -15,11 +15,11 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-import httpx2
 from gvirtus_kai_common.backoff import Backoff
 from gvirtus_kai_common.gvirtus import properties_json
-from gvirtus_kai_common.kube import ListWatch
-from lightkube import ALL_NS, ApiError, AsyncClient
+from gvirtus_kai_common.kube import ApiErrors, ApiFailure, ListWatch, api_call
+from gvirtus_kai_common.logs import clip
+from lightkube import ALL_NS, AsyncClient
 from lightkube.core.client import LabelSelector
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Pod
@@ -46,6 +46,8 @@ EVICTION_RETRY_SECONDS = 10.0
 # On stop, writes in flight (patches, Events, evictions) get this long to be answered.
 STOP_GRACE_SECONDS = 3.0
 
+ACCOUNT = "controller"  # whose ServiceAccount a 403 hint names
+
 # The two kinds watched; constrained so each use is checked as Pod and as EndpointSlice.
 R = TypeVar("R", Pod, EndpointSlice)
 
@@ -67,7 +69,8 @@ class Controller:
         self._eviction_retry = eviction_retry
         self._elector = elector
         self._clock = clock
-        self._events = EventRecorder(client)
+        self._api_errors = ApiErrors(metrics.api_errors, ACCOUNT)
+        self._events = EventRecorder(client, self._api_errors)
         self.placement = Placement(
             settings.policy,
             settings.max_pods_per_backend,
@@ -166,7 +169,7 @@ class Controller:
             changed=changed,
             api_errors=self.metrics.api_errors,
             watch_restarts=self.metrics.watch_restarts,
-            account="controller",
+            account=ACCOUNT,
             namespace=namespace,
             labels=labels,
         )
@@ -265,17 +268,16 @@ class Controller:
                 self.placement.assignment_failed(assignment, self._clock())
                 return
             try:
-                answer = await self._client.patch(
-                    Pod, pod.name, patch, namespace=pod.namespace, patch_type=PatchType.MERGE
-                )
-            except ApiError as error:
-                refused: tuple[int | None, str] | None = (error.status.code, str(error))
-            except httpx2.HTTPError as error:
-                refused = (None, str(error))
+                with api_call("patch"):
+                    answer = await self._client.patch(
+                        Pod, pod.name, patch, namespace=pod.namespace, patch_type=PatchType.MERGE
+                    )
+            except ApiFailure as failure:
+                refused: ApiFailure | None = failure
             else:
                 refused = None
         if refused is not None:  # handled outside the semaphore: a retry may wait a while
-            await self._assignment_refused(assignment, *refused)
+            await self._assignment_refused(assignment, refused)
             return
         now = self._clock()
         info = pod_info(answer)
@@ -299,12 +301,18 @@ class Controller:
         )
         self._wake.set()
 
-    async def _assignment_refused(
-        self, assignment: Assignment, code: int | None, message: str
-    ) -> None:
+    async def _assignment_refused(self, assignment: Assignment, failure: ApiFailure) -> None:
         pod = assignment.pod
-        self.metrics.api_errors.labels("patch", str(code or "connection")).inc()
+        where = {"pod": f"{pod.namespace}/{pod.name}"}
+        code = failure.code
         if code == 409:
+            self._api_errors.record(
+                failure,
+                "pods",
+                "pod changed since read; deciding again",
+                level=logging.INFO,
+                **where,
+            )
             # The pod changed since it was read: read it again and decide again.
             self.metrics.conflicts.inc()
             await self._reread(pod)
@@ -312,25 +320,28 @@ class Controller:
             self._wake.set()
             return
         if code == 404:
+            self._api_errors.record(
+                failure, "pods", "pod deleted before its assignment", level=logging.INFO, **where
+            )
             self.placement.remove_pod(pod.key)
             return
         backoff = self._retry_backoff.setdefault(pod.key, Backoff(initial=2.0, maximum=60.0))
         delay = 1.0 + backoff.next_delay()
-        log.error(
+        self._api_errors.record(
+            failure,
+            "pods",
             "assignment refused; retrying later",
-            extra={
-                "pod": f"{pod.namespace}/{pod.name}",
-                "code": code or "connection",
-                "error": message[:300],
-                "retry_in_seconds": delay,
-            },
+            level=logging.ERROR,
+            retry_in_seconds=delay,
+            **where,
         )
         if code is not None:
             self._spawn(
                 self._events.record(
                     pod,
                     "WaitingForBackend",
-                    f"the API server refused the backend assignment ({code}): {message[:300]}",
+                    f"the API server refused the backend assignment ({code}): "
+                    f"{clip(failure.message, 300)}",
                     "Warning",
                 )
             )
@@ -340,13 +351,17 @@ class Controller:
 
     async def _reread(self, pod: PodInfo) -> None:
         try:
-            fresh = await self._client.get(Pod, pod.name, namespace=pod.namespace)
-        except ApiError as error:
-            if error.status.code == 404:
+            with api_call("get"):
+                fresh = await self._client.get(Pod, pod.name, namespace=pod.namespace)
+        except ApiFailure as failure:
+            if failure.code == 404:
                 self.placement.remove_pod(pod.key)
+                return
+            # The watch brings the news instead.
+            self._api_errors.record(
+                failure, "pods", "could not read the pod again", pod=f"{pod.namespace}/{pod.name}"
+            )
             return
-        except httpx2.HTTPError:
-            return  # the watch brings the news instead
         for info in self._read_pods([fresh]):
             self.placement.upsert_pod(info, self._clock())
 
@@ -414,27 +429,21 @@ class Controller:
         eviction = Pod.Eviction(metadata=ObjectMeta(name=pod.name, namespace=pod.namespace))
         async with self._writes:
             try:
-                await self._client.create(eviction, name=pod.name, namespace=pod.namespace)
-            except ApiError as error:
-                code = error.status.code
-                if code == 404:
+                with api_call("create"):
+                    await self._client.create(eviction, name=pod.name, namespace=pod.namespace)
+            except ApiFailure as failure:
+                if failure.code == 404:
                     self.metrics.evictions.labels("gone").inc()
                     return
-                outcome = "blocked" if code == 429 else "error"
-                self.metrics.evictions.labels(outcome).inc()
-                log.warning(
+                # 429: a PodDisruptionBudget blocks it for now.
+                self.metrics.evictions.labels("blocked" if failure.code == 429 else "error").inc()
+                self._api_errors.record(
+                    failure,
+                    "pods/eviction",
                     "eviction refused; trying again later",
-                    extra={
-                        "pod": f"{pod.namespace}/{pod.name}",
-                        "code": code,
-                        "error": str(error)[:300],
-                        "retry_in_seconds": self._eviction_retry,
-                    },
+                    pod=f"{pod.namespace}/{pod.name}",
+                    retry_in_seconds=self._eviction_retry,
                 )
-                return
-            except httpx2.HTTPError as error:
-                self.metrics.evictions.labels("error").inc()
-                log.warning("eviction failed", extra={"error": str(error)})
                 return
         self.metrics.evictions.labels("evicted").inc()
         log.info("pod evicted: its backend is gone", extra={"pod": f"{pod.namespace}/{pod.name}"})

@@ -14,7 +14,8 @@ import logging
 from collections import OrderedDict
 from typing import Literal
 
-from lightkube import ApiError, AsyncClient
+from gvirtus_kai_common.kube import ApiErrors, ApiFailure, api_call
+from lightkube import AsyncClient
 from lightkube.models.core_v1 import EventSource, ObjectReference
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.core_v1 import Event
@@ -42,8 +43,9 @@ def event_name(pod: PodInfo, reason: str, detail: str) -> str:
 
 
 class EventRecorder:
-    def __init__(self, client: AsyncClient) -> None:
+    def __init__(self, client: AsyncClient, api_errors: ApiErrors | None = None) -> None:
         self._client = client
+        self._api_errors = api_errors or ApiErrors(None, "controller")
         self._counts: OrderedDict[str, int] = OrderedDict()
         self._writes = asyncio.Semaphore(PARALLEL_EVENT_WRITES)
 
@@ -74,22 +76,28 @@ class EventRecorder:
             lastTimestamp=now,
             count=1,
         )
+        where = f"{pod.namespace}/{pod.name}"
         try:
             async with self._writes:
                 await self._write(name, event)
-        except Exception as error:
+        except ApiFailure as failure:
+            self._api_errors.record(
+                failure, "events", "could not record an event", pod=where, reason=reason
+            )
+        except Exception as error:  # a surprise of the client library: still only a courtesy
             log.warning(
                 "could not record an event",
-                extra={"pod": f"{pod.namespace}/{pod.name}", "reason": reason, "error": str(error)},
+                extra={"pod": where, "reason": reason, "error": str(error)},
             )
 
     async def _write(self, name: str, event: Event) -> None:
         try:
-            await self._client.create(event)
+            with api_call("create"):
+                await self._client.create(event)
             self._remember(name, 1)
             return
-        except ApiError as error:
-            if error.status.code != 409:
+        except ApiFailure as failure:
+            if failure.code != 409:
                 raise
         # Told before (by this process, an earlier one or another replica): bump that Event.
         bump: dict[str, object] = {"lastTimestamp": event.to_dict()["lastTimestamp"]}
@@ -98,7 +106,10 @@ class EventRecorder:
             bump["count"] = count + 1
             self._remember(name, count + 1)
         namespace = event.metadata.namespace if event.metadata else None
-        await self._client.patch(Event, name, bump, namespace=namespace, patch_type=PatchType.MERGE)
+        with api_call("patch"):
+            await self._client.patch(
+                Event, name, bump, namespace=namespace, patch_type=PatchType.MERGE
+            )
 
     def _remember(self, name: str, count: int) -> None:
         self._counts[name] = count

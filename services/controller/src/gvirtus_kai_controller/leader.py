@@ -15,8 +15,8 @@ import logging
 import time
 from collections.abc import Callable
 
-import httpx2
-from lightkube import ApiError, AsyncClient
+from gvirtus_kai_common.kube import ApiErrors, ApiFailure, api_call
+from lightkube import AsyncClient
 from lightkube.models.coordination_v1 import LeaseSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.coordination_v1 import Lease
@@ -34,8 +34,10 @@ class LeaderElector:
         identity: str,
         lease_duration: float = 15.0,
         on_change: Callable[[bool], None] = lambda leading: None,
+        api_errors: ApiErrors | None = None,
     ) -> None:
         self._client = client
+        self._api_errors = api_errors or ApiErrors(None, "controller")
         self._namespace = namespace
         self._name = name
         self.identity = identity
@@ -59,10 +61,8 @@ class LeaderElector:
             now = time.monotonic()
             try:
                 held = await self._acquire_or_renew(now)
-            except (ApiError, httpx2.HTTPError) as error:
-                log.warning(
-                    "lease request failed", extra={"lease": self._name, "error": str(error)}
-                )
+            except ApiFailure as failure:
+                self._api_errors.record(failure, "leases", "lease request failed", lease=self._name)
                 held = False
             if held:
                 self._renewed_at = now
@@ -77,16 +77,20 @@ class LeaderElector:
             return
         self._set_leading(False)
         try:
-            lease = await self._client.get(Lease, self._name, namespace=self._namespace)
+            with api_call("get"):
+                lease = await self._client.get(Lease, self._name, namespace=self._namespace)
             if lease.spec is None or lease.spec.holderIdentity != self.identity:
                 return
             lease.spec.holderIdentity = None
             lease.spec.leaseDurationSeconds = 1
             lease.spec.renewTime = _now()
-            await self._client.replace(lease)
+            with api_call("update"):
+                await self._client.replace(lease)
             log.info("lease released", extra={"lease": self._name})
-        except (ApiError, httpx2.HTTPError) as error:
-            log.warning("could not release the lease", extra={"error": str(error)})
+        except ApiFailure as failure:
+            self._api_errors.record(
+                failure, "leases", "could not release the lease", lease=self._name
+            )
 
     def _set_leading(self, leading: bool) -> None:
         if leading != self._leading:
@@ -99,9 +103,10 @@ class LeaderElector:
 
     async def _acquire_or_renew(self, now: float) -> bool:
         try:
-            lease = await self._client.get(Lease, self._name, namespace=self._namespace)
-        except ApiError as error:
-            if error.status.code != 404:
+            with api_call("get"):
+                lease = await self._client.get(Lease, self._name, namespace=self._namespace)
+        except ApiFailure as failure:
+            if failure.code != 404:
                 raise
             return await self._create()
         spec = lease.spec or LeaseSpec()
@@ -123,9 +128,10 @@ class LeaderElector:
         spec.renewTime = stamp
         lease.spec = spec
         try:
-            await self._client.replace(lease)
-        except ApiError as error:
-            if error.status.code == 409:  # another candidate wrote first
+            with api_call("update"):
+                await self._client.replace(lease)
+        except ApiFailure as failure:
+            if failure.code == 409:  # another candidate wrote first
                 return False
             raise
         return True
@@ -143,9 +149,10 @@ class LeaderElector:
             ),
         )
         try:
-            await self._client.create(lease)
-        except ApiError as error:
-            if error.status.code == 409:  # another candidate created it first
+            with api_call("create"):
+                await self._client.create(lease)
+        except ApiFailure as failure:
+            if failure.code == 409:  # another candidate created it first
                 return False
             raise
         return True

@@ -9,11 +9,11 @@ import sys
 from collections.abc import Sequence
 
 from gvirtus_kai_common.health import HealthServer, run_with_health
-from gvirtus_kai_common.kube import api_client
+from gvirtus_kai_common.kube import ApiErrors, api_client
 from gvirtus_kai_common.logs import setup_logging
 from gvirtus_kai_common.settings import EXIT_BAD_SETTINGS, load_settings
 
-from gvirtus_kai_controller.controller import Controller
+from gvirtus_kai_controller.controller import ACCOUNT, Controller
 from gvirtus_kai_controller.leader import LeaderElector
 from gvirtus_kai_controller.metrics import Metrics
 from gvirtus_kai_controller.settings import Settings
@@ -40,6 +40,7 @@ async def run(settings: Settings) -> int:
             identity=settings.pod_name or socket.gethostname(),
             lease_duration=settings.lease_duration_seconds,
             on_change=lambda leading: controller.leadership_changed(leading),
+            api_errors=ApiErrors(metrics.api_errors, ACCOUNT),
         )
     controller = Controller(client, settings, metrics, elector=elector)
     health = HealthServer(
