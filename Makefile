@@ -15,16 +15,22 @@ PY_SOURCES := services/common/src services/webhook/src services/labeler/src serv
 VENV_STAMP  := $(VENV)/.installed
 CHECKOV_VENV := .tools/checkov
 
-# Control plane for the cluster tests, plus helm and kubectl, built from the Go module in ci/tools
-# (pins in its go.mod/go.sum). A binary is rebuilt only when missing or when the pins change.
+# Control plane for the cluster tests, the node agents, helm and kubectl, built from the Go module
+# in ci/tools; containerd, its runc shim and the CNI plugins from the module in ci/tools/node (pins
+# in their go.mod/go.sum). A binary is rebuilt only when missing or when its pins change.
 # envtest convention: binaries already in $(KUBEBUILDER_ASSETS) are used from there, not built.
 GO_TOOLS     := ci/tools
 GO_PINS      := $(GO_TOOLS)/go.mod $(GO_TOOLS)/go.sum $(GO_TOOLS)/build.sh
+NODE_PINS    := $(GO_TOOLS)/node/go.mod $(GO_TOOLS)/node/go.sum $(GO_TOOLS)/build.sh
 CLUSTER_BINS := etcd kube-apiserver kube-controller-manager kube-scheduler
 ASSET_BINS   := $(if $(KUBEBUILDER_ASSETS),$(notdir $(wildcard $(addprefix $(KUBEBUILDER_ASSETS)/,$(CLUSTER_BINS)))))
-GO_BINS      := $(addprefix $(TOOLS)/,$(filter-out $(ASSET_BINS),$(CLUSTER_BINS)) helm kubectl)
+GO_BINS      := $(addprefix $(TOOLS)/,$(filter-out $(ASSET_BINS),$(CLUSTER_BINS)) helm kubectl kubelet kube-proxy)
+NODE_BINS    := $(addprefix $(TOOLS)/,containerd containerd-shim-runc-v2 ctr cni/bridge cni/host-local cni/loopback cni/portmap)
+# Debian packages the real nodes use: runc (containerd's runtime), iptables (kube-proxy), and the
+# namespace and network tools the node fixture drives.
+NODE_DEBS    := runc iptables iproute2 util-linux curl
 
-.PHONY: help demo test pytest e2e lint fmt bench tools clean constraints
+.PHONY: help demo test pytest e2e e2e-nodes lint fmt bench tools node-debs cluster cluster-down clean constraints
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -38,13 +44,20 @@ $(VENV_STAMP): constraints.txt requirements/dev.txt $(addsuffix /pyproject.toml,
 $(GO_BINS): $(TOOLS)/%: $(GO_PINS)
 	$(GO_TOOLS)/build.sh $(TOOLS) $*
 
+$(NODE_BINS): $(TOOLS)/%: $(NODE_PINS)
+	$(GO_TOOLS)/build.sh $(TOOLS) $*
+
+node-debs: ## Debian packages of the real nodes, installed when missing
+	@missing=$$(for p in $(NODE_DEBS); do dpkg -s $$p >/dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then apt-get update -qq && apt-get install -y -qq $$missing >/dev/null; fi
+
 $(CHECKOV_VENV)/.installed: requirements/checkov.txt
 	$(PYTHON) -m venv $(CHECKOV_VENV)
 	$(CHECKOV_VENV)/bin/pip install --quiet --disable-pip-version-check -r requirements/checkov.txt
 	ln -sf $(CURDIR)/$(CHECKOV_VENV)/bin/checkov $(TOOLS)/checkov
 	touch $@
 
-tools: $(VENV_STAMP) $(GO_BINS) $(CHECKOV_VENV)/.installed ## control plane, helm, kubectl, checkov into .tools/bin
+tools: $(VENV_STAMP) $(GO_BINS) $(NODE_BINS) node-debs $(CHECKOV_VENV)/.installed ## control plane, node agents, containerd, CNI, helm, kubectl, checkov into .tools/bin
 	@helm version --short && kubectl version --client
 
 demo: $(VENV_STAMP) ## the webhook over TLS and DNS mutating the examples/ pods

@@ -14,6 +14,10 @@ kube-controller-manager and kube-scheduler, no kubelet.
   healthy fails start-up with the tail of its log. ``stop()`` kills them all (also at exit).
 - Concurrent runs on one machine do not collide: every port is a free one, and start-up is retried
   with fresh ports when another process took one in between.
+- With ``real_nodes`` (the real-node tier, ``tests/node``), the API server listens on ``address``
+  where pods and kubelets reach it, publishes itself as the ``kubernetes`` Service's endpoint,
+  authenticates to kubelets with a client certificate, and the controller-manager runs its
+  node-lifecycle controller, because real kubelets report the nodes' state.
 """
 
 from __future__ import annotations
@@ -41,6 +45,7 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 ROOT = Path(__file__).resolve().parents[2]
 TOOLS_BIN = ROOT / ".tools" / "bin"
 SERVICE_CIDR = "10.0.0.0/24"
+KUBERNETES_SERVICE_IP = "10.0.0.1"  # the first address of SERVICE_CIDR
 SA_ISSUER = "https://kubernetes.default.svc.cluster.local"
 # A loaded 2-core machine can take tens of seconds to bootstrap the API server.
 START_TIMEOUT = 120.0
@@ -182,6 +187,8 @@ class ControlPlane:
     """Start with ``start()``; ``stop()`` kills every component (safe to call at any point)."""
 
     workdir: Path
+    address: str = "127.0.0.1"
+    real_nodes: bool = False
     components: list[Component] = field(default_factory=list)
     timings: dict[str, float] = field(default_factory=dict)
     api_port: int = 0
@@ -195,7 +202,7 @@ class ControlPlane:
 
     @property
     def server(self) -> str:
-        return f"https://127.0.0.1:{self.api_port}"
+        return f"https://{self.address}:{self.api_port}"
 
     @property
     def admin_kubeconfig(self) -> Path:
@@ -203,11 +210,13 @@ class ControlPlane:
 
     # -- start-up -----------------------------------------------------------------------------
 
-    def start(self, attempts: int = 3) -> ControlPlane:
+    def start(self, attempts: int = 3, stop_at_exit: bool = True) -> ControlPlane:
         """Start every component; a port taken by someone else between choosing it and binding
-        it (other test runs share the machine) is retried with fresh ports."""
+        it (other test runs share the machine) is retried with fresh ports. ``stop_at_exit``
+        False leaves the components running after this process ends (``make cluster``)."""
         started = time.monotonic()
-        atexit.register(self.stop)  # also when the test process ends without its finalizers
+        if stop_at_exit:  # also when the test process ends without its finalizers
+            atexit.register(self.stop)
         self._write_keys()
         for attempt in range(1, attempts + 1):
             try:
@@ -239,7 +248,7 @@ class ControlPlane:
         context.load_cert_chain(str(self.workdir / "admin.crt"), str(self.workdir / "admin.key"))
         return context
 
-    def _client_kubeconfig(self, name: str, user: str, group: str | None = None) -> Path:
+    def client_kubeconfig(self, name: str, user: str, group: str | None = None) -> Path:
         """A kubeconfig authenticating as ``user`` (certificate CN) in ``group`` (O); the
         certificate and key are also written next to it as ``<name>.crt``/``<name>.key``."""
         cert = self.ca.issue_cert(name, common_name=user, organization_name=group)
@@ -259,9 +268,20 @@ class ControlPlane:
         )
         return path
 
+    def serving_cert(self, name: str, *names: str) -> tuple[Path, Path]:
+        """A certificate and key signed by the cluster CA for ``names`` (host names or IPs),
+        written as ``<name>.crt``/``<name>.key``."""
+        cert = self.ca.issue_cert(*names, common_name=name)
+        crt, key = self.workdir / f"{name}.crt", self.workdir / f"{name}.key"
+        cert.cert_chain_pems[0].write_to_path(str(crt))
+        cert.private_key_pem.write_to_path(str(key))
+        return crt, key
+
     def _write_keys(self) -> None:
         serving = self.ca.issue_cert(
             "127.0.0.1",
+            self.address,
+            KUBERNETES_SERVICE_IP,
             "localhost",
             "kubernetes",
             "kubernetes.default",
@@ -316,15 +336,15 @@ class ControlPlane:
 
     def _start_apiserver(self) -> None:
         self.api_port = free_port()
-        admin = self._client_kubeconfig("admin", "admin", "system:masters")
+        admin = self.client_kubeconfig("admin", "admin", "system:masters")
         assert admin == self.admin_kubeconfig
         w = self.workdir
         apiserver = start_component(
             "kube-apiserver",
             [
                 f"--etcd-servers={self.etcd_url}",
-                "--bind-address=127.0.0.1",
-                "--advertise-address=127.0.0.1",
+                f"--bind-address={self.address}",
+                f"--advertise-address={self.address}",
                 f"--secure-port={self.api_port}",
                 f"--cert-dir={w / 'apiserver-certs'}",
                 f"--tls-cert-file={w / 'apiserver.crt'}",
@@ -337,8 +357,7 @@ class ControlPlane:
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
                 # Webhooks are dialled at their Service's endpoint (a pod IP), not the ClusterIP.
                 "--enable-aggregator-routing=true",
-                # No kubelet or kube-proxy: nothing uses endpoints of the 'kubernetes' Service.
-                "--endpoint-reconciler-type=none",
+                *self._node_flags(),
                 # The front-proxy identity, as kubeadm sets it: the controller-manager and the
                 # scheduler read this CA to authenticate requests to their own /healthz.
                 f"--requestheader-client-ca-file={self.ca_file}",
@@ -375,6 +394,20 @@ class ControlPlane:
             checks = "\n".join(last)
             raise ControlPlaneError(f"{error}\n--- failing /readyz checks ---\n{checks}") from None
 
+    def _node_flags(self) -> list[str]:
+        if not self.real_nodes:
+            # No kubelet or kube-proxy: nothing uses endpoints of the 'kubernetes' Service.
+            return ["--endpoint-reconciler-type=none"]
+        self.client_kubeconfig("kubelet-client", "kube-apiserver-kubelet-client", "system:masters")
+        w = self.workdir
+        return [
+            "--endpoint-reconciler-type=lease",
+            f"--kubelet-client-certificate={w / 'kubelet-client.crt'}",
+            f"--kubelet-client-key={w / 'kubelet-client.key'}",
+            f"--kubelet-certificate-authority={self.ca_file}",
+            "--kubelet-preferred-address-types=InternalIP",
+        ]
+
     def _component_healthz(self, component: Component, port: int) -> float:
         def healthy() -> bool:
             answer = httpx.get(f"https://127.0.0.1:{port}/healthz", verify=False, timeout=5.0)  # noqa: S501
@@ -383,7 +416,7 @@ class ControlPlane:
         return wait_healthy(component, healthy, "healthy (/healthz)")
 
     def _start_controller_manager(self) -> None:
-        kubeconfig = self._client_kubeconfig("controller-manager", "system:kube-controller-manager")
+        kubeconfig = self.client_kubeconfig("controller-manager", "system:kube-controller-manager")
         port = free_port()
         w = self.workdir
         manager = start_component(
@@ -401,7 +434,7 @@ class ControlPlane:
                 f"--service-account-private-key-file={w / 'sa.key'}",
                 f"--root-ca-file={self.ca_file}",
                 f"--service-cluster-ip-range={SERVICE_CIDR}",
-                "--controllers=" + ",".join(CONTROLLERS),
+                "--controllers=" + ",".join(self._controllers()),
                 "--profiling=false",
             ],
             w,
@@ -409,8 +442,11 @@ class ControlPlane:
         self.components.append(manager)
         self.timings["kube-controller-manager"] = self._component_healthz(manager, port)
 
+    def _controllers(self) -> tuple[str, ...]:
+        return (*CONTROLLERS, "node-lifecycle-controller") if self.real_nodes else CONTROLLERS
+
     def _start_scheduler(self) -> None:
-        kubeconfig = self._client_kubeconfig("scheduler", "system:kube-scheduler")
+        kubeconfig = self.client_kubeconfig("scheduler", "system:kube-scheduler")
         port = free_port()
         scheduler = start_component(
             "kube-scheduler",
