@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime
 from typing import Any
 
-from gvirtus_kai_common.gvirtus import BACKEND_GATE
+from gvirtus_kai_common.gvirtus import BACKEND_GATE, THREADS_ANNOTATION
 from gvirtus_kai_controller.objects import assignment_patch, pod_info, slice_endpoints, zone_terms
 from gvirtus_kai_controller.placement import Backend, Endpoint, PodInfo
 from lightkube.resources.core_v1 import Pod
@@ -232,3 +232,23 @@ def test_a_zone_that_is_no_label_value_is_ignored() -> None:
         slice_from("IPv4", [{"addresses": ["10.0.0.1"], "zone": "not a label!"}]), "gvirtus"
     )
     assert endpoint.backend == Backend("10.0.0.1", 9999, None)
+
+
+def test_the_threads_annotation_is_read() -> None:
+    read = pod_info(pod_from({"metadata": {"annotations": {THREADS_ANNOTATION: "8"}}}))
+    assert (read.threads, read.problem) == (8, None)
+
+
+def test_a_pod_without_the_threads_annotation_takes_the_default() -> None:
+    assert (pod_info(pod_from({})).threads, pod_info(pod_from({})).problem) == (None, None)
+
+
+def test_a_bad_threads_annotation_is_the_pods_problem_saying_what_fits() -> None:
+    # Annotations may change after admission: the webhook cannot have refused this one.
+    read = pod_info(pod_from({"metadata": {"annotations": {THREADS_ANNOTATION: "0"}}}))
+    assert read.threads is None
+    assert read.problem == (
+        f"annotation {THREADS_ANNOTATION}='0' must be a whole number from 1 to 512: the CUDA "
+        "threads of one program (each needs its own GVirtuS communicator entry); fix the "
+        "annotation to get a backend"
+    )

@@ -377,3 +377,23 @@ def test_pods_pointing_at_a_missing_backend_at_start_are_lost_after_sync() -> No
     assert state.take_lost_news() == []  # not before both lists are in
     state.mark_synced(NOW)
     assert [lost.pod.name for lost in state.take_lost_news()] == ["a"]
+
+
+# --- pods that cannot be placed as they are ---------------------------------------------------
+
+
+def test_a_pod_with_a_problem_waits_saying_it_and_does_not_hold_up_the_others() -> None:
+    state = placement(backend("10.0.0.1"))
+    state.upsert_pod(gated("bad", created=1, problem="annotation gvirtus.io/threads='0' ..."), NOW)
+    state.upsert_pod(gated("good", created=2), NOW)
+    assert assigned(state) == {"good": "10.0.0.1:9999"}
+    [waiting] = state.waiting_pods()
+    assert state.waiting_reason(waiting) == "annotation gvirtus.io/threads='0' ..."
+
+
+def test_a_pod_whose_problem_is_fixed_is_assigned() -> None:
+    state = placement(backend("10.0.0.1"))
+    state.upsert_pod(gated("p", problem="bad threads"), NOW)
+    assert assigned(state) == {}
+    state.upsert_pod(gated("p", threads=4), NOW)
+    assert assigned(state) == {"p": "10.0.0.1:9999"}

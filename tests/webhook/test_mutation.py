@@ -32,7 +32,7 @@ from .pods import (
 )
 
 SETTINGS = Settings(placement="dns")
-SED = Settings(strategy="sed")  # sed pods are pinned by DNS whatever the placement
+SED = Settings(strategy="sed", placement="dns")
 CONFIG_FILE = "/usr/local/gvirtus/etc/properties.json"
 
 

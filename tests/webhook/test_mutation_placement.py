@@ -1,5 +1,6 @@
-"""Placement in the pure mutation: a mount-strategy pod is gated for the placement controller
-(``placement=controller``) or pinned to a backend address (``placement=dns``, and every sed pod)."""
+"""Placement in the pure mutation: a pod is gated for the placement controller
+(``placement=controller``) or pinned to a backend address (``placement=dns``), whatever its
+strategy (the sed strategy's own tests are in test_mutation_sed.py)."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from gvirtus_kai_common.gvirtus import (
     BACKEND_ANNOTATION,
     BACKEND_GATE,
     PROPERTIES_ANNOTATION,
+    THREADS_ANNOTATION,
     frontend_config,
 )
 from gvirtus_kai_webhook.mutation import (
@@ -76,8 +78,8 @@ def fixture_pod(name: str) -> dict[str, Any]:
     ("placement", "strategy", "annotation", "needed"),
     [
         ("controller", "mount", None, False),
-        ("controller", "mount", "sed", True),
-        ("controller", "sed", None, True),
+        ("controller", "mount", "sed", False),
+        ("controller", "sed", None, False),
         ("controller", "sed", "mount", False),
         ("dns", "mount", None, True),
         ("dns", "mount", "sed", True),
@@ -197,7 +199,7 @@ def test_the_controllers_assignment_is_what_the_container_reads() -> None:
     assert path == f"metadata.annotations['{PROPERTIES_ANNOTATION}']"
 
 
-# --- pinned: placement=dns, and sed pods ------------------------------------------------------
+# --- pinned: placement=dns -----------------------------------------------------------------------
 
 
 @pytest.mark.parametrize("name", POD_REVIEWS)
@@ -217,6 +219,32 @@ def test_a_pinned_pod_names_its_backend_pod_and_container_port() -> None:
     endpoint = json.loads(annotations[PROPERTIES_ANNOTATION])["communicator"][0]["endpoint"]
     assert (endpoint["server_address"], endpoint["port"]) == (BACKEND_IP, "9999")
     assert "schedulingGates" not in after["spec"]
+
+
+def test_a_pinned_pod_gets_one_communicator_entry_per_thread_of_the_setting() -> None:
+    settings = Settings(placement="dns", frontend_threads=6)
+    after = apply(pod(), mutate_pod(pod(), settings, BACKEND_IP))
+    properties = after["metadata"]["annotations"][PROPERTIES_ANNOTATION]
+    assert json.loads(properties) == frontend_config(BACKEND_IP, 9999, settings.plugins, 6)
+
+
+def test_the_threads_annotation_overrides_the_setting() -> None:
+    obj = with_annotations(pod(), {THREADS_ANNOTATION: "2"})
+    properties = pinned(obj)["metadata"]["annotations"][PROPERTIES_ANNOTATION]
+    assert len(json.loads(properties)["communicator"]) == 2
+
+
+@pytest.mark.parametrize("settings", [GATED, PINNED], ids=["controller", "dns"])
+@pytest.mark.parametrize("value", ["0", "513", "lots", "-3"])
+def test_a_bad_threads_annotation_is_denied_saying_what_fits(
+    settings: Settings, value: str
+) -> None:
+    obj = with_annotations(pod(), {THREADS_ANNOTATION: value})
+    with pytest.raises(MutationDenied) as denied:
+        mutate_pod(obj, settings, BACKEND_IP)
+    assert f"{THREADS_ANNOTATION}={value!r} must be a whole number from 1 to 512" in str(
+        denied.value
+    )
 
 
 def test_the_backend_port_setting_is_the_port_written() -> None:

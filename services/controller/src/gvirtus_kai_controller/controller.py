@@ -261,7 +261,8 @@ class Controller:
     async def _write_assignment(self, assignment: Assignment) -> None:
         pod, backend = assignment.pod, assignment.backend
         settings = self._settings
-        properties = properties_json(backend.ip, backend.port, settings.plugins)
+        threads = pod.threads or settings.frontend_threads
+        properties = properties_json(backend.ip, backend.port, settings.plugins, threads)
         patch = assignment_patch(pod, backend, properties, pin_zone=settings.policy == "sameZone")
         async with self._writes:
             if not self.leading:  # lost the lease while this write waited its turn
@@ -375,7 +376,9 @@ class Controller:
         news: Counter[str] = Counter()
         shared_reason: str | None = None
         for pod in self.placement.waiting_pods():
-            if pod.zones.unrestricted or self._settings.policy != "sameZone":
+            if pod.problem is None and (
+                pod.zones.unrestricted or self._settings.policy != "sameZone"
+            ):
                 if shared_reason is None:
                     shared_reason = self.placement.waiting_reason(pod)
                 reason = shared_reason

@@ -7,7 +7,13 @@ import ipaddress
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from gvirtus_kai_common.gvirtus import BACKEND_ANNOTATION, BACKEND_GATE, PROPERTIES_ANNOTATION
+from gvirtus_kai_common.gvirtus import (
+    BACKEND_ANNOTATION,
+    BACKEND_GATE,
+    PROPERTIES_ANNOTATION,
+    THREADS_ANNOTATION,
+    parse_threads,
+)
 from gvirtus_kai_common.labels import label_value_problem
 from lightkube.models.core_v1 import NodeSelectorTerm
 from lightkube.resources.core_v1 import Pod
@@ -37,6 +43,7 @@ def pod_info(pod: Pod) -> PodInfo:
     phase = pod.status.phase if pod.status else None
     created = metadata.creationTimestamp.timestamp() if metadata.creationTimestamp else 0.0
     terms = _required_terms(pod)
+    threads, problem = _threads(annotations)
     return PodInfo(
         namespace=metadata.namespace or "default",
         name=metadata.name,
@@ -53,7 +60,20 @@ def pod_info(pod: Pod) -> PodInfo:
         resource_version=metadata.resourceVersion or "",
         gates=gates,
         node_selector_terms=tuple(term.to_dict() for term in terms),
+        threads=threads,
+        problem=problem,
     )
+
+
+def _threads(annotations: Mapping[str, str]) -> tuple[int | None, str | None]:
+    """The pod's ``gvirtus.io/threads``, or why it cannot be used (set after admission)."""
+    value = annotations.get(THREADS_ANNOTATION)
+    if value is None:
+        return None, None
+    try:
+        return parse_threads(value), None
+    except ValueError as error:
+        return None, f"{error}; fix the annotation to get a backend"
 
 
 def _required_terms(pod: Pod) -> list[NodeSelectorTerm]:

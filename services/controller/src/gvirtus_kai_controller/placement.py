@@ -119,6 +119,8 @@ class PodInfo:
     resource_version: str = ""
     gates: tuple[str, ...] = ()
     node_selector_terms: tuple[Mapping[str, Any], ...] = ()  # required node affinity, as JSON
+    threads: int | None = None  # communicator entries the pod asks for; None: the default
+    problem: str | None = None  # why the pod's own annotations keep it from any backend
 
     @property
     def key(self) -> PodKey:
@@ -331,6 +333,9 @@ class Placement:
             if pod is None or _queue_entry(pod) != entry:
                 heapq.heappop(self._queue)  # stale: the pod left the queue or changed
                 continue
+            if pod.problem is not None:  # waits until its owner fixes it; the rest go on
+                passed_over.append(heapq.heappop(self._queue))
+                continue
             backend = self.choose(pod)
             if backend is None:
                 if self.policy != "sameZone" or pod.zones.unrestricted:
@@ -367,6 +372,8 @@ class Placement:
 
     def waiting_reason(self, pod: PodInfo) -> str:
         """Why ``pod`` has no backend yet, as shown in its ``WaitingForBackend`` Event."""
+        if pod.problem is not None:
+            return pod.problem
         if not self._backends:
             return self._no_backend_reason()
         backends = list(self._backends.values())

@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import Annotated, Literal
 
-from gvirtus_kai_common.gvirtus import DEFAULT_PLUGINS, split_plugins
+from gvirtus_kai_common.gvirtus import (
+    DEFAULT_PLUGINS,
+    DEFAULT_THREADS,
+    MAX_THREADS,
+    THREADS_DESCRIPTION,
+    split_plugins,
+)
 from gvirtus_kai_common.labels import is_dns_subdomain, label_key_problem
 from gvirtus_kai_common.settings import HealthServerSettings
 from pydantic import Field, field_validator
@@ -30,6 +36,9 @@ class Settings(HealthServerSettings):
     )
     plugins: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_PLUGINS, description="GVirtuS plugins written into properties.json"
+    )
+    frontend_threads: int = Field(
+        DEFAULT_THREADS, ge=1, le=MAX_THREADS, description=THREADS_DESCRIPTION
     )
     policy: Policy = Field("leastPods", description="leastPods, random or sameZone")
     max_pods_per_backend: int = Field(0, ge=0, description="pods per backend; 0: unlimited")

@@ -3,12 +3,15 @@
 ``mutate_pod(pod, settings, backend_address)`` returns the JSON Patch and warnings for one pod,
 or raises ``MutationDenied`` with a message for the user. A pod is placed on one of two paths:
 
-- gated (``mount`` strategy with ``placement=controller``): the scheduling gate
-  ``gvirtus.io/backend`` and the volume, mount and env that project ``gvirtus.io/properties``, but
-  no address; the placement controller writes the annotations and removes the gate later;
-- pinned (``placement=dns``, and every ``sed`` pod, whose command is fixed at CREATE): the
-  frontend config with ``backend_address`` (one ready backend pod's IPv4 address, found by the
-  caller) and the ``gvirtus.io/backend`` annotation naming it.
+- gated (``placement=controller``): the scheduling gate ``gvirtus.io/backend`` but no address;
+  the placement controller writes the annotations and removes the gate later;
+- pinned (``placement=dns``): the ``gvirtus.io/backend`` annotation naming ``backend_address``
+  (one ready backend pod's IPv4 address, found by the caller) and, for ``mount``, the frontend
+  config for it.
+
+Either way the containers read what the annotations hold when they start, which is after the gate
+is gone: ``mount`` through a projected file, ``sed`` through an environment variable its wrapper
+turns into properties.json.
 
 ``needs_backend_address`` tells the caller whether to look an address up at all.
 
@@ -31,6 +34,10 @@ from gvirtus_kai_common.gvirtus import (
     BACKEND_ANNOTATION,
     BACKEND_GATE,
     PROPERTIES_ANNOTATION,
+    THREADS_ANNOTATION,
+    communicator_entry,
+    compact_json,
+    parse_threads,
     properties_json,
 )
 from gvirtus_kai_common.logs import clip
@@ -53,6 +60,8 @@ CONTAINERS_ANNOTATION = "gvirtus.io/containers"
 PROPERTIES_VOLUME = "gvirtus-properties"
 PROPERTIES_FILE = "properties.json"
 CONFIG_ENV = "GVIRTUS_CONFIG"
+# The sed wrapper's input: the pinned ``ip:port``, resolved by the kubelet at container start.
+BACKEND_ENV = "GVIRTUS_KAI_BACKEND"
 # First line of the sed wrapper script: how an already-wrapped container is recognised.
 SED_MARKER = "# gvirtus-kai:sed"
 _SHELL = ("/bin/sh", "-c")
@@ -84,14 +93,12 @@ def is_enabled(pod: Mapping[str, Any], settings: Settings) -> bool:
 
 def needs_backend_address(pod: Mapping[str, Any], settings: Settings) -> bool:
     """Whether ``mutate_pod`` pins this pod (and so needs an address): every pod with
-    ``placement=dns``, and ``sed`` pods always. A pod whose strategy annotation is invalid
-    needs none: it is denied without a lookup."""
+    ``placement=dns``. A pod whose strategy annotation is invalid needs none: it is denied
+    without a lookup."""
     strategy = _mapping(_mapping(pod.get("metadata")).get("annotations")).get(
         STRATEGY_ANNOTATION, settings.strategy
     )
-    if strategy not in STRATEGIES:
-        return False
-    return strategy == "sed" or settings.placement == "dns"
+    return strategy in STRATEGIES and settings.placement == "dns"
 
 
 def pinned_address(pod: Mapping[str, Any], settings: Settings) -> str | None:
@@ -115,7 +122,8 @@ class _Plan:
 
     address: str | None  # None: no pod may be pinned (the caller looked nothing up)
     port: str
-    properties_json: str | None
+    plugins: tuple[str, ...]
+    threads: int
     strategy: str
     placement: str
     home: str
@@ -125,7 +133,7 @@ class _Plan:
 
 
 def _plan(settings: Settings, backend_address: str | None) -> _Plan:
-    address = properties = None
+    address = None
     if backend_address is not None:
         # GVirtuS only accepts a dotted-quad IPv4 server_address; anything else is a caller bug.
         try:
@@ -135,11 +143,11 @@ def _plan(settings: Settings, backend_address: str | None) -> _Plan:
                 f"the backend address must be an IPv4 address (GVirtuS takes no host names and "
                 f"no IPv6), not {clip(repr(backend_address))}"
             ) from None
-        properties = properties_json(address, settings.backend_port, settings.plugins)
     return _Plan(
         address=address,
         port=str(settings.backend_port),
-        properties_json=properties,
+        plugins=settings.plugins,
+        threads=settings.frontend_threads,
         strategy=settings.strategy,
         placement=settings.placement,
         home=settings.default_gvirtus_home,
@@ -153,17 +161,53 @@ def config_path(home: str) -> str:
     return posixpath.join(home, "etc", PROPERTIES_FILE)
 
 
-def sed_script(address: str, port: str, home: str) -> str:
-    """Shell script that points ``<home>/etc/properties.json`` at the backend, then execs "$@"."""
-    # '|' as the sed delimiter: neither IPv4 nor IPv6 addresses contain it. The port pattern
-    # accepts a quoted or a bare number so hand-written configs are rewritten too.
-    address_expr = f's|"server_address": *"[^"]*"|"server_address": "{address}"|'
-    port_expr = f's|"port": *"\\{{0,1\\}}[0-9]*"\\{{0,1\\}}|"port": "{port}"|'
+# Markers replaced by shell variables in the entry template; JSON encodes them verbatim.
+_IP_MARK, _PORT_MARK = "@GVIRTUS_KAI_IP@", "@GVIRTUS_KAI_PORT@"
+
+
+def sed_script(home: str, threads: int, plugins: Sequence[str]) -> str:
+    """Shell script (builtins only) that writes ``<home>/etc/properties.json`` whole for the
+    backend in ``$GVIRTUS_KAI_BACKEND``, then execs "$@"; it exits 1 with a message on stderr,
+    before the program starts, when the address is not IPv4 or the file is not written.
+
+    The text is byte for byte ``properties_json(ip, port, plugins, threads)``: every thread
+    finds its entry, whatever the layout of the file the image shipped.
+    """
+    entry = compact_json(communicator_entry(_IP_MARK, _PORT_MARK, plugins))
+    head, _, rest = entry.partition(_IP_MARK)
+    middle, _, tail = rest.partition(_PORT_MARK)
+    quoted_entry = f'{shlex.quote(head)}"$ip"{shlex.quote(middle)}"$port"{shlex.quote(tail)}'
+    env = f"${{{BACKEND_ENV}:-}}"
     return "\n".join(
         (
-            f"{SED_MARKER} rewrites the GVirtuS frontend config, then runs the original command",
-            "set -e",
-            f"sed -i -e '{address_expr}' -e '{port_expr}' {shlex.quote(config_path(home))}",
+            f"{SED_MARKER} writes the GVirtuS frontend config, then runs the original command",
+            "set -eu",
+            f"f={shlex.quote(config_path(home))}",
+            "fail() { printf 'gvirtus-kai: %s; the program was not started\\n' \"$*\" >&2; "
+            "exit 1; }",
+            f"b={env}",
+            f'[ -n "$b" ] || fail "no GVirtuS backend pinned yet (annotation {BACKEND_ANNOTATION} '
+            'is empty)"',
+            "ip=${b%:*} port=${b##*:} rest=${b%:*}. n=0",
+            'while [ -n "$rest" ]; do',
+            "  o=${rest%%.*} rest=${rest#*.} n=$((n + 1))",
+            "  case $o in [0-9]|[1-9][0-9]|1[0-9][0-9]|2[0-4][0-9]|25[0-5]) ;; *) n=5 ;; esac",
+            "done",
+            "case $port in ''|0*|*[!0-9]*) n=5 ;; esac",
+            '[ "$ip:$port" = "$b" ] && [ "$n" -eq 4 ] && [ "${#port}" -le 5 ] '
+            '&& [ "$port" -le 65535 ] ||',
+            f'  fail "{BACKEND_ANNOTATION}=$b is not an IPv4 address and port (GVirtuS takes no '
+            'host names and no IPv6)"',
+            '[ -f "$f" ] || fail "$f not found: is annotation '
+            f'{HOME_ANNOTATION} the GVirtuS directory of this image?"',
+            f"e={quoted_entry}",
+            "c=$e i=1",
+            f'while [ "$i" -lt {int(threads)} ]; do c=$c,$e i=$((i + 1)); done',
+            'j=\'{"communicator":[\'"$c"\'],"secure_application":false}\'',
+            f'{{ printf %s "$j" >"$f"; }} 2>/dev/null || fail "cannot write $f (annotation '
+            f'{STRATEGY_ANNOTATION}: mount needs no writable file)"',
+            'got= && IFS= read -r got <"$f" || :',
+            '[ "$got" = "$j" ] || fail "$f does not hold the config just written"',
             'exec "$@"',
         )
     )
@@ -205,11 +249,12 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str 
 
     strategy = _strategy(annotations, plan)
     home = _home(annotations, plan)
+    threads = _threads(annotations, plan)
     targets = _targets(spec, annotations, plan.gpu_resource)
     warnings: list[str] = []
     ops: list[JsonPatchOperation] = []
     config_file = config_path(home)
-    gated = strategy == "mount" and plan.placement == "controller"
+    gated = plan.placement == "controller"
     if not gated and plan.address is None:
         raise ValueError("this pod is pinned at admission: a backend address is needed")
 
@@ -222,12 +267,13 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str 
             if key in annotations:
                 ops.append(_remove(json_pointer("metadata", "annotations", key)))
     else:
+        assert plan.address is not None  # checked above
         # A copied gate would hold the pinned pod back for a controller that may not run.
         _remove_where(ops, gates, _sequence(spec.get("schedulingGates")), _is_backend_gate)
         pinned = {BACKEND_ANNOTATION: f"{plan.address}:{plan.port}"}
         if strategy == "mount":
-            assert plan.properties_json is not None  # set with the address
-            pinned = {PROPERTIES_ANNOTATION: plan.properties_json, **pinned}
+            properties = properties_json(plan.address, plan.port, plan.plugins, threads)
+            pinned = {PROPERTIES_ANNOTATION: properties, **pinned}
         _set_entries(ops, pod, ("metadata", "annotations"), pinned)
 
     if strategy == "mount":
@@ -245,15 +291,23 @@ def mutate_pod(pod: Mapping[str, Any], settings: Settings, backend_address: str 
             mount = _Owned("mount", config_file)
             _upsert(ops, target.tokens("volumeMounts"), mounts, mount, is_mount_conflict)
     else:
-        assert plan.address is not None  # checked above: sed pods are always pinned
-        script = sed_script(plan.address, plan.port, home)
+        script = sed_script(home, threads, plan.plugins)
         for target in targets:
             _wrap_command(ops, target, script, warnings)
-        _drop_mount_strategy(ops, spec, annotations)
+        # A gated pod's annotation is already being removed above.
+        _drop_mount_strategy(ops, spec, annotations if not gated else _EMPTY)
 
     for target in targets:
+        tokens, env = target.tokens("env"), target.container.get("env")
+        if strategy == "mount" and isinstance(env, list):  # a switch from sed
+            _remove_where(ops, tokens, env, _is_backend_env)
+            env = [item for item in env if not (_is_mapping(item) and _is_backend_env(item))]
         env_var = _Owned("env", config_file)
-        _upsert(ops, target.tokens("env"), target.container.get("env"), env_var, _is_config_env)
+        _upsert(ops, tokens, env, env_var, _is_config_env)
+        if strategy == "sed":
+            # Indices as they are once the first upsert has applied.
+            after = _upserted(env, env_var, _is_config_env)
+            _upsert(ops, tokens, after, _Owned("backend", ""), _is_backend_env)
 
     _node_selector(ops, pod, spec, plan)
     if not any(_gpu_quantity(t.container, "limits", plan.gpu_resource) for t in targets):
@@ -310,6 +364,16 @@ def _home(annotations: Mapping[str, Any], plan: _Plan) -> str:
     return posixpath.normpath(text)
 
 
+def _threads(annotations: Mapping[str, Any], plan: _Plan) -> int:
+    value = annotations.get(THREADS_ANNOTATION)
+    if value is None:
+        return plan.threads
+    try:
+        return parse_threads(value)
+    except ValueError as error:
+        raise MutationDenied(str(error)) from None
+
+
 def _gpu_quantity(container: Mapping[str, Any], kind: str, resource: str) -> bool:
     quantity = _mapping(_mapping(container.get("resources")).get(kind)).get(resource)
     return quantity is not None and str(quantity).strip() not in ("", "0")
@@ -362,7 +426,7 @@ def _named_targets(
 class _Owned(NamedTuple):
     """A list entry the mutation owns, named by what it is built from."""
 
-    kind: Literal["volume", "mount", "env", "gate"]
+    kind: Literal["volume", "mount", "env", "backend", "gate"]
     config_file: str
 
     def build(self) -> dict[str, Any]:
@@ -373,6 +437,13 @@ class _Owned(NamedTuple):
             return _properties_volume()
         if self.kind == "mount":
             return _properties_mount(self.config_file)
+        if self.kind == "backend":
+            # In the API server's defaulted form (fieldRef.apiVersion), as the volume below.
+            field_path = f"metadata.annotations['{BACKEND_ANNOTATION}']"
+            return {
+                "name": BACKEND_ENV,
+                "valueFrom": {"fieldRef": {"apiVersion": "v1", "fieldPath": field_path}},
+            }
         return {"name": CONFIG_ENV, "value": self.config_file}
 
 
@@ -450,6 +521,10 @@ def _is_config_env(item: Mapping[str, Any]) -> bool:
     return item.get("name") == CONFIG_ENV
 
 
+def _is_backend_env(item: Mapping[str, Any]) -> bool:
+    return item.get("name") == BACKEND_ENV
+
+
 def _is_backend_gate(item: Mapping[str, Any]) -> bool:
     return item.get("name") == BACKEND_GATE
 
@@ -518,6 +593,17 @@ def _upsert(
         ops.append(_replace_owned((*tokens, first), entry))
     for index in reversed(rest):  # descending, so earlier indices stay valid
         ops.append(_remove(_pointer((*tokens, index))))
+
+
+def _upserted(items: object, entry: _Owned, is_ours: _Matcher) -> list[Any]:
+    """The list ``_upsert`` leaves at its path, for operations that follow on the same list."""
+    if not isinstance(items, list):
+        return [entry.build()]
+    matches = [i for i, item in enumerate(items) if _is_mapping(item) and is_ours(item)]
+    if not matches:
+        return [*items, entry.build()]
+    first, rest = matches[0], set(matches[1:])
+    return [entry.build() if i == first else v for i, v in enumerate(items) if i not in rest]
 
 
 def _remove_where(

@@ -7,7 +7,13 @@ from functools import cached_property
 from pathlib import PurePosixPath
 from typing import Annotated, Literal
 
-from gvirtus_kai_common.gvirtus import DEFAULT_PLUGINS, split_plugins
+from gvirtus_kai_common.gvirtus import (
+    DEFAULT_PLUGINS,
+    DEFAULT_THREADS,
+    MAX_THREADS,
+    THREADS_DESCRIPTION,
+    split_plugins,
+)
 from gvirtus_kai_common.labels import is_dns_subdomain, label_key_problem, label_value_problem
 from gvirtus_kai_common.settings import ServiceSettings
 from pydantic import BaseModel, Field, field_validator
@@ -17,9 +23,8 @@ from gvirtus_kai_webhook.gpu_guard import NodeRequirement, parse_node_requiremen
 
 Strategy = Literal["mount", "sed"]
 STRATEGIES: tuple[Strategy, ...] = ("mount", "sed")
-# Who pins a mount-strategy pod to a backend: the placement controller (the pod is gated until it
-# writes the address) or the webhook itself at admission (DNS). sed pods are always pinned by DNS:
-# their command is fixed at CREATE.
+# Who pins a pod to a backend: the placement controller (the pod is gated until it writes the
+# address) or the webhook itself at admission (DNS).
 Placement = Literal["controller", "dns"]
 PLACEMENTS: tuple[Placement, ...] = ("controller", "dns")
 
@@ -57,8 +62,8 @@ class Settings(ServiceSettings):
     tls_key_file: str = Field("/tls/tls.key", description="its private key (PEM, unencrypted)")
     placement: Placement = Field(
         "controller",
-        description="controller: mount-strategy pods are gated for the placement controller "
-        "(no DNS lookup); dns: every pod is pinned at admission to a backend pod found by DNS",
+        description="controller: pods are gated for the placement controller (no DNS lookup); "
+        "dns: every pod is pinned at admission to a backend pod found by DNS",
     )
     backend_host: str = Field(
         "gvirtus-backend-headless.gvirtus-system.svc.cluster.local",
@@ -80,6 +85,9 @@ class Settings(ServiceSettings):
     )
     plugins: Annotated[tuple[str, ...], NoDecode] = Field(
         DEFAULT_PLUGINS, description="GVirtuS plugins in the frontend config"
+    )
+    frontend_threads: int = Field(
+        DEFAULT_THREADS, ge=1, le=MAX_THREADS, description=THREADS_DESCRIPTION
     )
     frontend_label: str = Field(
         "gvirtus.io/frontend.allowed=true", description="node label GVirtuS pods are pinned to"
