@@ -10,7 +10,7 @@ TOOLS  := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(BIN):$(PATH)
 
 SERVICES   := services/common services/webhook services/labeler services/device-plugin services/controller
-PY_SOURCES := services/common/src services/webhook/src services/labeler/src services/device-plugin/src services/controller/src tests bench demo
+PY_SOURCES := services/common/src services/webhook/src services/labeler/src services/device-plugin/src services/controller/src tests bench demo docs
 
 VENV_STAMP  := $(VENV)/.installed
 CHECKOV_VENV := .tools/checkov
@@ -30,7 +30,7 @@ NODE_BINS    := $(addprefix $(TOOLS)/,containerd containerd-shim-runc-v2 ctr cni
 # namespace and network tools the node fixture drives.
 NODE_DEBS    := runc iptables iproute2 util-linux curl
 
-.PHONY: help demo test pytest e2e e2e-nodes lint fmt bench tools node-debs cluster cluster-down clean constraints
+.PHONY: help demo test pytest e2e e2e-nodes lint fmt docs bench tools node-debs cluster cluster-down clean constraints
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -80,6 +80,9 @@ lint: $(VENV_STAMP) $(TOOLS)/helm ## ruff, mypy --strict, yamllint, hadolint, ac
 fmt: $(VENV_STAMP) ## format and autofix Python sources
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
+
+docs: $(VENV_STAMP) ## write the settings tables of docs/configuration.md from the Settings classes
+	$(BIN)/python docs/settings_tables.py
 
 bench: $(VENV_STAMP) $(GO_BINS) ## performance figures of every service next to their targets; fails on a miss
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }

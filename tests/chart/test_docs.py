@@ -1,8 +1,9 @@
 """The documentation says what the chart does: defaults, names, versions, settings and links.
 
-docs/configuration.md's table of the most used values, the naming rule of cluster-scoped objects,
-the minimum Kubernetes version and each service's settings table are checked against the chart as
-rendered, so a change to the chart that the docs do not follow fails here.
+docs/configuration.md's table of the most used values, the naming rule of cluster-scoped objects
+and the minimum Kubernetes version are checked against the chart as rendered, and each service's
+settings table against its Settings class (the tables are written from it: ``make docs``), so a
+change to the chart or the settings that the docs do not follow fails here.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import yaml
 
 from tests.chart import values_table
 from tests.chart.conftest import CHART, NAMESPACE, ROOT, env_of, load_values, run_helm
+from tests.scriptmodule import load_script
 
 README = ROOT / "README.md"
 CONFIGURATION = ROOT / "docs" / "configuration.md"
@@ -134,14 +136,27 @@ SETTINGS_MODULES = {
     "gvirtus-labeler": "gvirtus_kai_labeler.settings",
     "gvirtus-device-plugin": "gvirtus_kai_device_plugin.settings",
 }
+TABLES = load_script(ROOT / "docs" / "settings_tables.py", "settings_tables")
+
+
+def test_the_settings_tables_are_the_ones_the_settings_classes_render() -> None:
+    text = CONFIGURATION.read_text()
+    assert TABLES.generated(text) == text, "run make docs to write them from the Settings classes"
 
 
 @pytest.mark.parametrize("command", sorted(SETTINGS_MODULES))
-def test_every_setting_of_every_service_is_documented(command: str) -> None:
-    settings = importlib.import_module(SETTINGS_MODULES[command]).Settings
-    section = _service_section(command)
-    undocumented = [name for name in settings.model_fields if f"`{name.upper()}`" not in section]
-    assert not undocumented, f"add them to the {command} table of docs/configuration.md"
+def test_each_service_section_holds_the_table_of_its_own_settings(command: str) -> None:
+    assert f"<!-- settings: {SETTINGS_MODULES[command]} -->" in _service_section(command)
+
+
+def test_a_setting_added_to_a_class_makes_its_table_out_of_date() -> None:
+    # The drift check above must be able to fail: a table written before a new field differs.
+    labeler = importlib.import_module("gvirtus_kai_labeler.settings").Settings
+    bigger = type("Settings", (labeler,), {"__annotations__": {"extra_knob": int}, "extra_knob": 1})
+    text = CONFIGURATION.read_text()
+    written = TABLES.generated(text, lambda module: bigger if "labeler" in module else labeler)
+    assert "| `EXTRA_KNOB` | `1` |" in written
+    assert written != TABLES.generated(text)
 
 
 LINK = re.compile(r"\]\((?P<target>[^)\s]+)\)")

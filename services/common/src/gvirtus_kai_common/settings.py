@@ -50,7 +50,9 @@ def _show(value: Any) -> str:
     """A default as an operator would write it in the environment variable."""
     if isinstance(value, bool):
         return str(value).lower()
-    if isinstance(value, str | int | float | PurePath):
+    if isinstance(value, float):
+        return f"{value:g}"  # 60, not 60.0
+    if isinstance(value, str | int | PurePath):
         return str(value)
     if isinstance(value, Mapping):
         return ",".join(f"{key}={item}" for key, item in value.items())
@@ -61,13 +63,24 @@ def _show(value: Any) -> str:
     return repr(value)
 
 
+def settings_rows(cls: type[ServiceSettings]) -> list[tuple[str, str, str]]:
+    """Every setting of ``cls`` as (variable without the prefix, default as written in the
+    environment, description): what ``--help`` and the docs' settings tables both show."""
+    shared = {name for base in cls.__mro__[1:] for name in getattr(base, "model_fields", {})}
+    fields = cls.model_fields
+    rows = []
+    # The service's own settings first, then those every service has (log level, health port).
+    for name in sorted(fields, key=lambda name: name in shared):
+        default = fields[name].get_default(call_default_factory=True)
+        rows.append((name.upper(), _show(default), fields[name].description or ""))
+    return rows
+
+
 def settings_usage(cls: type[ServiceSettings]) -> str:
     """Every setting of ``cls``: its environment variable, default and description."""
-    rows = []
-    for name, field in cls.model_fields.items():
-        default = field.get_default(call_default_factory=True)
-        variable = ENV_PREFIX + name.upper()
-        rows.append((variable, _show(default) or '""', field.description or ""))
+    rows = [
+        (ENV_PREFIX + name, default or '""', text) for name, default, text in settings_rows(cls)
+    ]
     width = max(len(variable) for variable, _, _ in rows)
     lines = ["settings (environment variable, default, meaning):"]
     for variable, default, description in rows:
@@ -75,6 +88,19 @@ def settings_usage(cls: type[ServiceSettings]) -> str:
         if description:
             lines.append(f"  {'':<{width}}    {description}")
     return "\n".join(lines)
+
+
+def settings_table(cls: type[ServiceSettings]) -> str:
+    """The settings of ``cls`` as a Markdown table, the rows ``--help`` lists."""
+    lines = [
+        f"| setting (`{ENV_PREFIX}…`) | default | meaning |",
+        "|---|---|---|",
+    ]
+    for name, default, description in settings_rows(cls):
+        shown = f"`{default}`" if default else "empty"
+        meaning = description.replace("|", "\\|")  # a bar would end the cell
+        lines.append(f"| `{name}` | {shown} | {meaning} |")
+    return "\n".join(lines) + "\n"
 
 
 def describe_settings_error(error: ValidationError) -> list[str]:

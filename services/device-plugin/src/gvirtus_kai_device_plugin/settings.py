@@ -21,12 +21,19 @@ class Settings(HealthServerSettings):
     resource_name: str = Field(
         "nvidia.com/gpu", description="extended resource advertised to the kubelet"
     )
-    device_count: int = Field(16, ge=1, le=1024, description="virtual GPU slots on the node")
+    device_count: int = Field(
+        16, ge=1, le=1024, description="virtual GPU slots on the node (1-1024)"
+    )
     plugin_dir: Path = Field(
         Path("/var/lib/kubelet/device-plugins"), description="the kubelet's device plugin dir"
     )
     cdi_dir: Path = Field(Path("/var/run/cdi"), description="where the CDI spec is written")
     cdi_kind: str = Field("gvirtus.io/vgpu", description="CDI kind of the virtual devices")
+    pod_resources_socket: Path = Field(
+        Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
+        description="the kubelet's PodResources socket: asked on stop whether any container "
+        "holds our devices (the CDI spec is removed only if none does)",
+    )
 
     @field_validator("resource_name")
     @classmethod
@@ -56,7 +63,7 @@ class Settings(HealthServerSettings):
             )
         return value
 
-    @field_validator("plugin_dir", "cdi_dir")
+    @field_validator("plugin_dir", "cdi_dir", "pod_resources_socket")
     @classmethod
     def _check_absolute(cls, value: Path) -> Path:
         if not value.is_absolute():
