@@ -71,6 +71,7 @@ class _Fault:
     remaining: int
     status: int
     method: str | None
+    path: str | None = None
 
 
 @dataclass
@@ -168,9 +169,12 @@ class FaultProxy:
 
     # -- faults -----------------------------------------------------------------------------------
 
-    def fail_next(self, count: int, status: int, method: str | None = None) -> None:
-        """Answer the next ``count`` requests (of ``method``, if given) with ``status``."""
-        self._faults.append(_Fault(count, status, method))
+    def fail_next(
+        self, count: int, status: int, method: str | None = None, path: str | None = None
+    ) -> None:
+        """Answer the next ``count`` requests (of ``method`` to ``path``, if given) with
+        ``status``."""
+        self._faults.append(_Fault(count, status, method, path))
 
     def before_next(
         self, matches: Callable[[RecordedRequest], bool], action: Callable[[], Awaitable[object]]
@@ -250,7 +254,11 @@ class FaultProxy:
                 self._hooks.remove(hook)
                 await hook.action()
         for fault in self._faults:
-            if fault.remaining and fault.method in (None, record.method):
+            if (
+                fault.remaining
+                and fault.method in (None, record.method)
+                and fault.path in (None, record.path)
+            ):
                 fault.remaining -= 1
                 record.status = fault.status
                 payload = json.dumps(status_object(fault.status, "injected by the test proxy"))

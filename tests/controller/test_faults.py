@@ -4,11 +4,13 @@ controller talks to the proxy with its own ServiceAccount token; every other ans
 
 from __future__ import annotations
 
+import random
 from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 from lightkube import AsyncClient
+from lightkube.resources.core_v1 import Pod
 
 from tests.cluster.faultproxy import FaultProxy
 from tests.controller.conftest import Running, Scene, StartController
@@ -20,6 +22,7 @@ from tests.controller.kube import (
     eventually,
     gated_pod,
     grant_contract_rbac,
+    pod_gone,
     told,
 )
 
@@ -113,3 +116,32 @@ async def test_a_server_error_on_the_assignment_is_retried(
     (message,) = await told(client, scene, "unlucky", "WaitingForBackend")
     assert message.startswith("the API server refused the backend assignment (500)")
     assert await assigned(client, scene, "unlucky") == "10.4.0.1:9999"
+
+
+async def test_a_new_pod_of_a_deleted_pods_name_starts_with_a_fresh_retry_backoff(
+    client: AsyncClient,
+    scene: Scene,
+    proxy: FaultProxy,
+    behind_proxy: Running,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Every retry delay at its ceiling, so how far the backoff has grown shows in the timing.
+    monkeypatch.setattr(random, "uniform", lambda low, high: high)
+    path = f"/api/v1/namespaces/{scene.apps}/pods/reused"
+
+    def patches() -> int:
+        return len(proxy.requests_to("PATCH", path))
+
+    proxy.fail_next(3, 500, "PATCH", path)
+    await client.create(gated_pod(scene, "reused"))
+    await proxy.wait_until(lambda: patches() == 2, within=20.0)  # refused twice
+    await client.delete(Pod, "reused", namespace=scene.apps)
+    await eventually(lambda: pod_gone(client, scene, "reused"), "the first pod deleted")
+    await client.create(gated_pod(scene, "reused"))
+    await proxy.wait_until(lambda: patches() == 3, within=20.0)  # the new pod refused once
+
+    waited = await proxy.wait_until(lambda: patches() == 4, within=20.0)
+
+    # A first retry waits 1 + 2 s; the deleted pod's third would have waited 1 + 8 s.
+    assert waited < 5.0
+    assert await assigned(client, scene, "reused") == "10.4.0.1:9999"

@@ -397,3 +397,45 @@ def test_a_pod_whose_problem_is_fixed_is_assigned() -> None:
     assert assigned(state) == {}
     state.upsert_pod(gated("p", threads=4), NOW)
     assert assigned(state) == {"p": "10.0.0.1:9999"}
+
+
+# --- what is kept per pod ---------------------------------------------------------------------
+
+
+def test_a_removed_pod_leaves_no_timers_behind() -> None:
+    state = placement(backend("10.0.0.1"))
+    pod = gated("p")
+    state.upsert_pod(pod, NOW)
+    state.timers(pod).retry.next_delay()
+    state.remove_pod(pod.key)
+    state.upsert_pod(pod, NOW)
+    assert state.timers(pod).retry.attempts == 0
+
+
+def test_a_new_pod_of_the_same_name_gets_timers_of_its_own() -> None:
+    # Its DELETE may be missed (a relist shows the new pod only): the uid tells them apart.
+    state = placement(backend("10.0.0.1"))
+    first = gated("p")
+    state.upsert_pod(first, NOW)
+    state.timers(first).retry.next_delay()
+    second = PodInfo("apps", "p", "uid-second", 0.0, gated=True)
+    state.replace_pods([second], NOW)
+    assert state.timers(second).retry.attempts == 0
+
+
+def test_a_forgotten_pod_gets_timers_that_are_not_kept() -> None:
+    state = placement(backend("10.0.0.1"))
+    ghost = gated("ghost")
+    state.timers(ghost).retry.next_delay()
+    state.upsert_pod(ghost, NOW)
+    assert state.timers(ghost).retry.attempts == 0
+
+
+def test_a_pod_whose_backend_comes_back_may_be_evicted_at_once_when_lost_again() -> None:
+    state = placement(backend("10.0.0.1"))
+    pod = PodInfo("apps", "p", "u", 0.0, backend="10.0.0.1:9999", controller_owned=True)
+    state.upsert_pod(pod, NOW)
+    state.replace_slices({}, NOW)
+    state.timers(pod).next_eviction = NOW + 100
+    state.replace_slices({"s1": [backend("10.0.0.1")]}, NOW + 1)
+    assert state.timers(pod).next_eviction == 0.0

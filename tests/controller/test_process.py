@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 
@@ -13,7 +14,16 @@ from lightkube import AsyncClient
 from lightkube.resources.coordination_v1 import Lease
 
 from tests.controller.conftest import Scene
-from tests.controller.kube import Ready, assigned, backend_slice, gated_pod
+from tests.controller.kube import (
+    Ready,
+    assigned,
+    backend_slice,
+    eventually,
+    gated_pod,
+    owner_reference,
+    pod_gone,
+    told,
+)
 
 CONTROLLER = str(Path(sys.executable).parent / "gvirtus-controller")
 WAIT = 30.0
@@ -104,3 +114,43 @@ async def _health_port(process: asyncio.subprocess.Process) -> int:
                 if entry["msg"] == "health server listening":
                     return int(entry["port"])
     raise AssertionError("the controller exited before its health server listened")
+
+
+# The controller's console script with a wall clock that jumps an hour ahead on SIGUSR1, as an
+# NTP step does; patched before the controller is imported, so nothing holds the real one.
+STEPPING_WALL_CLOCK = """
+import signal, sys, time
+step = [0.0]
+wall = time.time
+time.time = lambda: wall() + step[0]
+signal.signal(signal.SIGUSR1, lambda *_: step.__setitem__(0, step[0] + 3600.0))
+from gvirtus_kai_controller.main import main
+sys.exit(main())
+"""
+
+
+async def test_a_wall_clock_step_does_not_cut_the_eviction_grace_short(
+    client: AsyncClient, scene: Scene, kubeconfig: Path
+) -> None:
+    reference = await owner_reference(client, scene)
+    await client.create(backend_slice(scene, "s1", [Ready("10.2.1.1")]))
+    env = environment(scene, kubeconfig, on_backend_loss="evict", backend_loss_grace_seconds="6")
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", STEPPING_WALL_CLOCK, env=env, stderr=asyncio.subprocess.PIPE
+    )
+    try:
+        await _health_port(process)
+        await client.create(gated_pod(scene, "owned", owner=reference))
+        await assigned(client, scene, "owned")
+        await client.replace(backend_slice(scene, "s1", [Ready("10.2.1.1", ready=False)]))
+        await told(client, scene, "owned", "BackendLost")
+
+        process.send_signal(signal.SIGUSR1)
+        await asyncio.sleep(3.0)  # the reconciler checks the deadlines every second
+
+        assert not await pod_gone(client, scene, "owned")
+        await eventually(lambda: pod_gone(client, scene, "owned"), "evicted after the grace")
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()

@@ -15,7 +15,6 @@ from collections import Counter
 from collections.abc import Awaitable, Callable, Iterable
 from typing import Any, TypeVar
 
-from gvirtus_kai_common.backoff import Backoff
 from gvirtus_kai_common.gvirtus import properties_json
 from gvirtus_kai_common.kube import ApiErrors, ApiFailure, ListWatch, api_call
 from gvirtus_kai_common.logs import clip
@@ -30,7 +29,7 @@ from gvirtus_kai_controller.events import EventRecorder
 from gvirtus_kai_controller.leader import LeaderElector
 from gvirtus_kai_controller.metrics import Metrics
 from gvirtus_kai_controller.objects import assignment_patch, pod_info, slice_endpoints
-from gvirtus_kai_controller.placement import Assignment, Backend, Placement, PodInfo, PodKey
+from gvirtus_kai_controller.placement import Assignment, Backend, Placement, PodInfo
 from gvirtus_kai_controller.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -60,9 +59,10 @@ class Controller:
         metrics: Metrics,
         *,
         elector: LeaderElector | None = None,
-        clock: Callable[[], float] = time.time,
+        clock: Callable[[], float] = time.monotonic,
         eviction_retry: float = EVICTION_RETRY_SECONDS,
     ) -> None:
+        """``clock``: monotonic seconds, for every deadline (a wall-clock step moves none)."""
         self._client = client
         self._settings = settings
         self.metrics = metrics
@@ -81,10 +81,9 @@ class Controller:
         self._writes = asyncio.Semaphore(PARALLEL_WRITES)
         self._tasks: set[asyncio.Task[Any]] = set()
         self._listed: set[str] = set()
-        self._told: dict[PodKey, tuple[str, str]] = {}  # waiting pod -> (uid, reason told)
-        self._told_at = 0.0
-        self._evictions: dict[PodKey, float] = {}  # lost pod -> when to try evicting next
-        self._retry_backoff: dict[PodKey, Backoff] = {}
+        # Per-pod state (retry backoff, eviction retry, reason told) is kept by the placement
+        # beside the pod: ``placement.timers(pod)``; removing the pod drops it.
+        self._told_at = -TELL_INTERVAL_SECONDS
         self._running: list[asyncio.Task[Any]] = []
 
     # -- lifecycle --------------------------------------------------------------------------
@@ -280,12 +279,12 @@ class Controller:
         if refused is not None:  # handled outside the semaphore: a retry may wait a while
             await self._assignment_refused(assignment, refused)
             return
-        now = self._clock()
         info = pod_info(answer)
-        self.placement.assignment_done(assignment, info, now)
-        self._retry_backoff.pop(pod.key, None)
+        self.placement.assignment_done(assignment, info, self._clock())
+        self.placement.timers(info).retry.reset()
         self.metrics.assignments.inc()
-        self.metrics.assignment_latency.observe(max(0.0, now - pod.created))
+        # Creation time is wall-clock time: so is this latency, the one figure that is.
+        self.metrics.assignment_latency.observe(max(0.0, time.time() - pod.created))
         zone = f" in zone {backend.zone}" if settings.policy == "sameZone" and backend.zone else ""
         load = self.placement.load(backend.address)
         log.info(
@@ -326,8 +325,7 @@ class Controller:
             )
             self.placement.remove_pod(pod.key)
             return
-        backoff = self._retry_backoff.setdefault(pod.key, Backoff(initial=2.0, maximum=60.0))
-        delay = 1.0 + backoff.next_delay()
+        delay = 1.0 + self.placement.timers(pod).retry.next_delay()
         self._api_errors.record(
             failure,
             "pods",
@@ -368,11 +366,10 @@ class Controller:
 
     def _tell_waiting(self) -> None:
         """One ``WaitingForBackend`` Event per waiting pod and distinct reason."""
-        now = time.monotonic()
+        now = self._clock()
         if now - self._told_at < TELL_INTERVAL_SECONDS:
             return
         self._told_at = now
-        told: dict[PodKey, tuple[str, str]] = {}
         news: Counter[str] = Counter()
         shared_reason: str | None = None
         for pod in self.placement.waiting_pods():
@@ -384,11 +381,11 @@ class Controller:
                 reason = shared_reason
             else:
                 reason = self.placement.waiting_reason(pod)
-            told[pod.key] = (pod.uid, reason)
-            if self._told.get(pod.key) != (pod.uid, reason):
+            timers = self.placement.timers(pod)
+            if timers.told != reason:
+                timers.told = reason
                 news[reason] += 1
                 self._spawn(self._events.record(pod, "WaitingForBackend", reason, "Warning"))
-        self._told = told
         for reason, count in news.items():
             log.info("pods wait for a backend", extra={"pods": count, "why": reason})
 
@@ -420,12 +417,11 @@ class Controller:
             return
         now = self._clock()
         due = self.placement.due_for_eviction(now, self._settings.backend_loss_grace_seconds)
-        lost = {pod.key for pod, _ in self.placement.lost_pods()}
-        self._evictions = {k: t for k, t in self._evictions.items() if k in lost}
         for pod in due:
-            if self._evictions.get(pod.key, 0.0) > now:
+            timers = self.placement.timers(pod)
+            if timers.next_eviction > now:
                 continue
-            self._evictions[pod.key] = now + self._eviction_retry
+            timers.next_eviction = now + self._eviction_retry
             self._spawn(self._evict(pod))
 
     async def _evict(self, pod: PodInfo) -> None:

@@ -19,6 +19,8 @@ from dataclasses import dataclass, field, replace
 from functools import cached_property
 from typing import Any, Literal
 
+from gvirtus_kai_common.backoff import Backoff
+
 Policy = Literal["leastPods", "random", "sameZone"]
 POLICIES: tuple[Policy, ...] = ("leastPods", "random", "sameZone")
 
@@ -127,6 +129,22 @@ class PodInfo:
         return self.namespace, self.name
 
 
+def _retry_backoff() -> Backoff:
+    return Backoff(initial=2.0, maximum=60.0)
+
+
+@dataclass
+class PodTimers:
+    """What the controller keeps of one pod between decisions. It lives beside the pod in
+    ``Placement``, so a deleted pod, or a new pod of the same name, starts from nothing.
+    Times are monotonic seconds."""
+
+    uid: str
+    retry: Backoff = field(default_factory=_retry_backoff)  # refused assignments
+    next_eviction: float = 0.0  # while lost: no eviction attempt before this
+    told: str | None = None  # while waiting: the reason last recorded in an Event
+
+
 @dataclass(frozen=True)
 class Assignment:
     pod: PodInfo
@@ -166,6 +184,7 @@ class Placement:
         self._queue: list[tuple[int, float, str, str, str]] = []  # lazily pruned heap
         self._lost_since: dict[PodKey, float] = {}
         self._lost_news: dict[PodKey, str] = {}  # lost pods not reported yet -> address
+        self._timers: dict[PodKey, PodTimers] = {}
         self._synced = False
 
     # -- backends ---------------------------------------------------------------------------
@@ -225,11 +244,15 @@ class Placement:
             # Gates are never added back: a gated copy of a pod already seen released is an
             # older version (a watch event delivered after our patch's answer), not news.
             info = replace(info, gated=False, backend=old.backend)
+        if old is not None and old.uid != info.uid:  # deleted and created again meanwhile
+            self._timers.pop(info.key, None)
         self._pods[info.key] = info
         self._place(info, now)
 
     def remove_pod(self, key: PodKey) -> None:
+        """Forget the pod and everything kept for it."""
         self._pods.pop(key, None)
+        self._timers.pop(key, None)
         self._in_flight.pop(key, None)
         self._waiting.pop(key, None)
         self._uncount(key)
@@ -249,6 +272,25 @@ class Placement:
 
     def pod(self, key: PodKey) -> PodInfo | None:
         return self._pods.get(key)
+
+    def timers(self, pod: PodInfo) -> PodTimers:
+        """The timers of ``pod``; for a pod no longer known (or known under another uid), new
+        ones that are not kept."""
+        current = self._pods.get(pod.key)
+        if current is None or current.uid != pod.uid:
+            return PodTimers(pod.uid)
+        timers = self._timers.get(pod.key)
+        if timers is None or timers.uid != pod.uid:
+            timers = self._timers[pod.key] = PodTimers(pod.uid)
+        return timers
+
+    def _timer_reset(self, key: PodKey, *, told: bool = False, eviction: bool = False) -> None:
+        timers = self._timers.get(key)
+        if timers is not None:
+            if told:
+                timers.told = None
+            if eviction:
+                timers.next_eviction = 0.0
 
     def _place(self, info: PodInfo, now: float) -> None:
         key = info.key
@@ -275,8 +317,8 @@ class Placement:
             if self._waiting.get(key) != info:
                 self._waiting[key] = info
                 heapq.heappush(self._queue, _queue_entry(info))
-        else:
-            self._waiting.pop(key, None)
+        elif self._waiting.pop(key, None) is not None:
+            self._timer_reset(key, told=True)  # told again should it wait again
 
     def _count(self, key: PodKey, address: str | None) -> None:
         if self._counted.get(key) == address:
@@ -345,6 +387,7 @@ class Placement:
             heapq.heappop(self._queue)
             assignment = Assignment(pod, backend)
             del self._waiting[pod.key]
+            self._timer_reset(pod.key, told=True)
             self._in_flight[pod.key] = assignment
             self._count(pod.key, backend.address)
             decided.append(assignment)
@@ -433,7 +476,8 @@ class Placement:
             self._lost_news[key] = address
 
     def _unmark_lost(self, key: PodKey) -> None:
-        self._lost_since.pop(key, None)
+        if self._lost_since.pop(key, None) is not None:
+            self._timer_reset(key, eviction=True)
         self._lost_news.pop(key, None)
 
     def take_lost_news(self) -> list[LostPod]:
