@@ -1,4 +1,7 @@
-"""Regenerate the Python gRPC stubs of the kubelet device plugin API from ``api.proto``.
+"""Regenerate the Python gRPC stubs of the kubelet APIs the plugin speaks from their protos.
+
+``api.proto`` is the device plugin API (v1beta1), ``podresources.proto`` the PodResources API
+(v1, its List RPC); both live in ``src/gvirtus_kai_device_plugin/api/``.
 
 The stubs are committed (so installing the service needs no code generator) and a test regenerates
 them into a temporary directory and fails when they differ, so they cannot go stale. Output depends
@@ -21,13 +24,16 @@ from pathlib import Path
 from grpc_tools import protoc
 
 SRC_ROOT = Path(__file__).resolve().parent / "src"
-PROTO = Path("gvirtus_kai_device_plugin") / "api" / "api.proto"
-GENERATED = ("api_pb2.py", "api_pb2.pyi", "api_pb2_grpc.py")
+API_DIR = Path("gvirtus_kai_device_plugin") / "api"
+PROTOS = ("api", "podresources")
+GENERATED = tuple(
+    f"{proto}{suffix}" for proto in PROTOS for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py")
+)
 
 
 def generate(out_root: Path) -> list[Path]:
     """Write the stubs under ``out_root/gvirtus_kai_device_plugin/api/`` and return their paths."""
-    target = out_root / PROTO.parent
+    target = out_root / API_DIR
     target.mkdir(parents=True, exist_ok=True)
     status = protoc.main(
         [
@@ -36,7 +42,7 @@ def generate(out_root: Path) -> list[Path]:
             f"--python_out={out_root}",
             f"--pyi_out={out_root}",
             f"--grpc_python_out={out_root}",
-            str(SRC_ROOT / PROTO),
+            *(str(SRC_ROOT / API_DIR / f"{proto}.proto") for proto in PROTOS),
         ]
     )
     if status != 0:

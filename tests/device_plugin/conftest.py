@@ -14,7 +14,7 @@ import pytest
 from gvirtus_kai_device_plugin.plugin import DevicePlugin
 from gvirtus_kai_device_plugin.settings import Settings
 
-from tests.device_plugin.kubelet import WAIT_SECONDS, KubeletEmulator
+from tests.device_plugin.kubelet import WAIT_SECONDS, KubeletEmulator, pod_resources_socket
 from tests.device_plugin.process import PluginProcess, running_plugin, status_within
 
 # The spec's file name for the default CDI kind gvirtus.io/vgpu.
@@ -44,7 +44,12 @@ def cdi_dir(host_dir: Path) -> Path:
 @pytest.fixture
 def make_settings(plugin_dir: Path, cdi_dir: Path) -> Callable[..., Settings]:
     def make(**overrides: Any) -> Settings:
-        values: dict[str, Any] = {"plugin_dir": plugin_dir, "cdi_dir": cdi_dir, "device_count": 4}
+        values: dict[str, Any] = {
+            "plugin_dir": plugin_dir,
+            "cdi_dir": cdi_dir,
+            "device_count": 4,
+            "pod_resources_socket": pod_resources_socket(plugin_dir),
+        }
         values.update(overrides)
         return Settings(**values)
 
@@ -59,7 +64,12 @@ def settings(make_settings: Callable[..., Settings]) -> Settings:
 
 @pytest.fixture
 async def kubelet(plugin_dir: Path, cdi_dir: Path) -> AsyncIterator[KubeletEmulator]:
-    async with KubeletEmulator(plugin_dir, cdi_spec=cdi_dir / DEFAULT_SPEC_NAME) as emulator:
+    """A kubelet serving Registration and, like every kubelet, PodResources."""
+    async with KubeletEmulator(
+        plugin_dir,
+        cdi_spec=cdi_dir / DEFAULT_SPEC_NAME,
+        pod_resources_socket=pod_resources_socket(plugin_dir),
+    ) as emulator:
         yield emulator
 
 

@@ -7,6 +7,10 @@ and recording every device list it receives. ``allocate`` and ``preferred_alloca
 calls the kubelet makes when a pod is admitted and its containers are created. Given the CDI
 spec's path, it records the file as it is when each registration arrives: what a container runtime
 would resolve the CDI names of the next ``Allocate`` against.
+
+Given a PodResources socket path, it also serves the PodResources API v1 ``List`` there
+(``PodResourcesServer``), answering with the allocations it made, as the kubelet answers from its
+device manager's record: each ``allocate`` admits one pod holding the devices it was given.
 """
 
 from __future__ import annotations
@@ -14,14 +18,88 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Self
 
 import grpc
-from gvirtus_kai_device_plugin.api import API_VERSION, api_pb2, api_pb2_grpc
+from gvirtus_kai_device_plugin.api import (
+    API_VERSION,
+    api_pb2,
+    api_pb2_grpc,
+    podresources_pb2,
+    podresources_pb2_grpc,
+)
 
 WAIT_SECONDS = 10.0  # generous: a loaded 2-core CI machine must not make a test flaky
+
+
+def pod_resources_socket(plugin_dir: Path) -> Path:
+    """Where the kubelet serves PodResources, next to the plugin dir as in /var/lib/kubelet."""
+    return plugin_dir.parent / "pod-resources" / "kubelet.sock"
+
+
+def container_devices(
+    namespace: str, pod: str, devices: dict[str, list[str]] | None = None, container: str = "main"
+) -> podresources_pb2.PodResources:
+    """A pod as List reports it: one container holding ``devices`` (resource name -> ids)."""
+    return podresources_pb2.PodResources(
+        name=pod,
+        namespace=namespace,
+        containers=[
+            podresources_pb2.ContainerResources(
+                name=container,
+                devices=[
+                    podresources_pb2.ContainerDevices(resource_name=name, device_ids=ids)
+                    for name, ids in (devices or {}).items()
+                ],
+            )
+        ],
+    )
+
+
+@dataclass
+class PodResourcesServer:
+    """The kubelet's PodResourcesLister on its own socket, answering ``List`` with ``pods``."""
+
+    socket: Path
+    pods: list[podresources_pb2.PodResources] = field(default_factory=list)
+    # Answer List with this status instead, as a kubelet failing the call would.
+    error: grpc.StatusCode | None = None
+    # Answer List only after this many seconds (None: never, like a wedged kubelet).
+    delay: float | None = 0.0
+    # Called as each List arrives: lets a test look at the node at that moment.
+    on_list: Callable[[], object] | None = None
+    list_calls: int = 0
+    _server: Any = None
+
+    async def start(self) -> None:
+        self.socket.parent.mkdir(parents=True, exist_ok=True)
+        self._server = grpc.aio.server()
+        podresources_pb2_grpc.add_PodResourcesListerServicer_to_server(self, self._server)
+        self._server.add_insecure_port(f"unix://{self.socket}")
+        await self._server.start()
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            await self._server.stop(0)
+            self._server = None
+        with contextlib.suppress(FileNotFoundError):
+            self.socket.unlink()
+
+    async def List(  # gRPC method name
+        self, request: podresources_pb2.ListPodResourcesRequest, context: Any
+    ) -> podresources_pb2.ListPodResourcesResponse:
+        self.list_calls += 1
+        if self.on_list is not None:
+            self.on_list()
+        if self.delay is None:
+            await asyncio.Event().wait()  # until the server stops and cancels the call
+        await asyncio.sleep(self.delay or 0.0)
+        if self.error is not None:
+            await context.abort(self.error, "emulated kubelet fails List")
+        return podresources_pb2.ListPodResourcesResponse(pod_resources=self.pods)
 
 
 @dataclass
@@ -41,6 +119,9 @@ class KubeletEmulator:
     refusals: int = 0
     # Accept Register calls but never answer them, like a wedged kubelet.
     unresponsive: bool = False
+    # Serve PodResources on this socket too (None: this kubelet serves none).
+    pod_resources_socket: Path | None = None
+    pod_resources: PodResourcesServer | None = None
     registrations: list[Registration] = field(default_factory=list)
     # Register calls refused or left unanswered.
     refused: list[api_pb2.RegisterRequest] = field(default_factory=list)
@@ -61,6 +142,10 @@ class KubeletEmulator:
         self._server.add_insecure_port(f"unix://{self.socket}")
         await self._server.start()
         self.socket_created_at = time.monotonic()
+        if self.pod_resources_socket is not None:
+            if self.pod_resources is None:
+                self.pod_resources = PodResourcesServer(self.pod_resources_socket)
+            await self.pod_resources.start()
 
     async def __aenter__(self) -> Self:
         await self.start()
@@ -81,6 +166,8 @@ class KubeletEmulator:
             self._server = None
         with contextlib.suppress(FileNotFoundError):
             self.socket.unlink()
+        if self.pod_resources is not None:
+            await self.pod_resources.stop()
 
     async def Register(  # gRPC method name
         self, request: api_pb2.RegisterRequest, context: Any
@@ -159,7 +246,27 @@ class KubeletEmulator:
             response: api_pb2.AllocateResponse = await api_pb2_grpc.DevicePluginStub(
                 channel
             ).Allocate(request, timeout=WAIT_SECONDS)
-            return response
+        if self.pod_resources is not None:
+            # Admitted: the kubelet now records the pod as holding these devices.
+            resource = self.registrations[-1].request.resource_name
+            self.pod_resources.pods.append(
+                podresources_pb2.PodResources(
+                    name=f"pod-{len(self.pod_resources.pods)}",
+                    namespace="default",
+                    containers=[
+                        podresources_pb2.ContainerResources(
+                            name=f"container-{index}",
+                            devices=[
+                                podresources_pb2.ContainerDevices(
+                                    resource_name=resource, device_ids=ids
+                                )
+                            ],
+                        )
+                        for index, ids in enumerate(containers)
+                    ],
+                )
+            )
+        return response
 
     async def preferred_allocation(
         self, available: list[str], must_include: list[str], size: int

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import httpx
 
-from tests.device_plugin.kubelet import WAIT_SECONDS
+from tests.device_plugin.kubelet import WAIT_SECONDS, pod_resources_socket
 
 COMMAND = str(Path(sys.executable).parent / "gvirtus-device-plugin")
 
@@ -49,6 +49,7 @@ async def running_plugin(
     env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
     env.update(
         GVIRTUS_KAI_PLUGIN_DIR=str(plugin_dir),
+        GVIRTUS_KAI_POD_RESOURCES_SOCKET=str(pod_resources_socket(plugin_dir)),
         GVIRTUS_KAI_CDI_DIR=str(cdi_dir),
         GVIRTUS_KAI_DEVICE_COUNT="2",
         GVIRTUS_KAI_HEALTH_HOST="127.0.0.1",

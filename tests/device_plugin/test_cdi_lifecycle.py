@@ -1,8 +1,9 @@
 """The CDI spec outlives restarts: containers of running GVirtuS pods that restart must always find
 it (else the runtime fails them with ``unresolvable CDI devices``).
 
-It is on disk before every registration, kept on a clean stop, and restored when it goes missing
-or is changed. In-process tests pin down each rule; process tests replay the restarts for real.
+It is on disk before every registration, kept on a clean stop while a container holds one of our
+devices (``test_cdi_release`` covers when it goes), and restored when it goes missing or is
+changed. In-process tests pin down each rule; process tests replay the restarts for real.
 """
 
 from __future__ import annotations
@@ -95,9 +96,10 @@ async def test_spec_deleted_while_the_kubelet_is_down_is_written_again_before_re
         await running.stop()
 
 
-async def test_clean_stop_keeps_the_spec_unchanged(
-    registered_plugin: RunningPlugin, settings: Settings
+async def test_clean_stop_keeps_the_spec_unchanged_while_a_container_holds_a_device(
+    registered_plugin: RunningPlugin, kubelet: KubeletEmulator, settings: Settings
 ) -> None:
+    await kubelet.allocate(["gvirtus-vgpu-0"])
     before = settings.cdi_spec_path.read_bytes()
     await registered_plugin.stop()
     assert spec_bytes(settings.cdi_spec_path) == before
@@ -108,6 +110,7 @@ async def test_a_spec_already_in_place_is_left_as_it_is_by_the_next_plugin(
 ) -> None:
     first = start(settings, NO_PERIODIC_CHECK)
     await kubelet.wait_for_registrations(1)
+    await kubelet.allocate(["gvirtus-vgpu-0"])  # a pod holding a device keeps it on disk
     await first.stop()
     inode = settings.cdi_spec_path.stat().st_ino
     second = start(settings, NO_PERIODIC_CHECK)
@@ -186,7 +189,10 @@ async def test_each_restore_is_counted_and_logged_as_a_warning_with_its_reason(
 # --- restarts and damage, with the real process ----------------------------------------------
 
 
-async def test_spec_stays_after_sigterm(plugin_process: PluginProcess) -> None:
+async def test_spec_stays_after_sigterm_while_a_container_holds_a_device(
+    plugin_process: PluginProcess, kubelet: KubeletEmulator
+) -> None:
+    await kubelet.allocate(["gvirtus-vgpu-1"])
     before = plugin_process.cdi_spec.read_bytes()
     plugin_process.process.send_signal(signal.SIGTERM)
     assert await asyncio.wait_for(plugin_process.process.wait(), WAIT_SECONDS) == 0

@@ -96,6 +96,12 @@ def test_relative_plugin_dir_is_rejected() -> None:
     assert settings_error(PLUGIN_DIR="plugins").startswith("GVIRTUS_KAI_PLUGIN_DIR:")
 
 
+def test_relative_pod_resources_socket_is_rejected() -> None:
+    assert settings_error(POD_RESOURCES_SOCKET="kubelet.sock").startswith(
+        "GVIRTUS_KAI_POD_RESOURCES_SOCKET:"
+    )
+
+
 def run_plugin(env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("GVIRTUS_KAI_")}
     full_env.update({f"GVIRTUS_KAI_{k}": v for k, v in env.items()})
@@ -137,3 +143,16 @@ def test_process_creates_a_missing_cdi_dir(host_dir: Path) -> None:
     result = run_plugin({"PLUGIN_DIR": str(host_dir / "absent"), "CDI_DIR": str(host_dir / "c")})
     assert (result.returncode, (host_dir / "c").is_dir()) == (2, True)
     assert "GVIRTUS_KAI_CDI_DIR" not in result.stderr
+
+
+def test_help_lists_the_pod_resources_socket_with_its_default() -> None:
+    result = subprocess.run(
+        [*PLUGIN, "--help"], capture_output=True, text=True, timeout=30, check=False
+    )
+    [listed] = [
+        line.split() for line in result.stdout.splitlines() if "POD_RESOURCES_SOCKET" in line
+    ]
+    assert (result.returncode, listed) == (
+        0,
+        ["GVIRTUS_KAI_POD_RESOURCES_SOCKET", "/var/lib/kubelet/pod-resources/kubelet.sock"],
+    )

@@ -1,13 +1,22 @@
-"""The CDI spec file: written before every registration, repaired while we run, never removed.
+"""The CDI spec file: written before every registration, repaired while we run, removed on stop
+only when no container on the node holds one of our devices.
 
 The container runtime resolves a container's CDI device names against this file each time it
 creates the container, and the kubelet re-uses a pod's recorded allocation when a container
 restarts, even while no plugin runs. So the spec must exist as long as any pod on the node holds
-our devices, which can outlive this process, a rollout, even an uninstall. Nothing here can tell
-an uninstall from a rollout or a node drain (each is a SIGTERM), so the file is never removed:
-it grants nothing (environment variables only, no device nodes), and ``CDI_DIR`` is usually on
-tmpfs, gone at the next reboot. After an uninstall, an administrator may delete it once no
-GVirtuS pod is left on the node.
+our devices, which can outlive this process, a rollout, even an uninstall. A SIGTERM does not say
+whether an uninstall, a rollout or a node drain sends it, so on stop the plugin asks the kubelet
+(PodResources ``List``, see ``podresources``) instead, once its own socket is gone, so that no
+allocation can slip in between the answer and the removal:
+
+- no container holds one of our devices: the file is removed. After an uninstall nothing of ours
+  is left; in a rollout the next plugin writes it again before it registers, and no container
+  can be given our devices in between (the kubelet allocates only through a registered plugin).
+- a container holds one: the file is kept, whatever stops us. A rollout or a restart finds it in
+  place; after an uninstall it stays until an administrator removes it once those pods are gone
+  (it grants nothing: environment variables only, no device nodes; ``CDI_DIR`` is usually on
+  tmpfs, gone at the next reboot).
+- the kubelet cannot be asked (no socket, an error, no answer in 2 s): kept, and the log says why.
 
 A missing or altered file is noticed by reading it every ``CHECK_SECONDS`` (2 KB for 16 slots, from
 the page cache): plain code, no native inotify binding, and it also sees a replaced or re-mounted
@@ -92,6 +101,11 @@ class CdiSpecFile:
             log.info("CDI spec written", extra={"path": str(self.path), "reason": problem})
         self._written = True
         self._failing = False
+
+    def remove(self) -> None:
+        """Remove the file (a missing one is fine); raises OSError when it cannot."""
+        files.remove_quietly(self.path)
+        self._written = False
 
     async def keep(self, check_seconds: float = CHECK_SECONDS) -> None:
         """Check and repair the file every ``check_seconds`` until cancelled."""

@@ -13,7 +13,7 @@ from gvirtus_kai_common.settings import ENV_PREFIX, EXIT_BAD_SETTINGS, load_sett
 from prometheus_client import CollectorRegistry
 
 from gvirtus_kai_device_plugin import files
-from gvirtus_kai_device_plugin.plugin import DevicePlugin
+from gvirtus_kai_device_plugin.plugin import STOP_SECONDS, DevicePlugin
 from gvirtus_kai_device_plugin.settings import Settings
 
 log = logging.getLogger("gvirtus_kai_device_plugin")
@@ -48,7 +48,9 @@ async def serve(settings: Settings) -> int:
         registry,
         is_ready=lambda: plugin.registered,
     )
-    return await run_with_health(health, plugin.run)
+    # The stop asks the kubelet whether the CDI spec may go: it must not be cut short by the
+    # default one-second grace.
+    return await run_with_health(health, plugin.run, grace_seconds=STOP_SECONDS)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -65,6 +67,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "devices": settings.device_count,
             "plugin_dir": str(settings.plugin_dir),
             "cdi_spec": str(settings.cdi_spec_path),
+            "pod_resources_socket": str(settings.pod_resources_socket),
         },
     )
     try:

@@ -19,8 +19,9 @@ import grpc
 from gvirtus_kai_common.backoff import Backoff
 from prometheus_client import CollectorRegistry
 
-from gvirtus_kai_device_plugin import cdi, devices, files
+from gvirtus_kai_device_plugin import cdi, devices, files, podresources
 from gvirtus_kai_device_plugin.api import API_VERSION, api_pb2, api_pb2_grpc
+from gvirtus_kai_device_plugin.channels import describe, unix_channel
 from gvirtus_kai_device_plugin.service import DevicePluginService, DeviceState, Metrics
 from gvirtus_kai_device_plugin.settings import Settings
 
@@ -29,10 +30,8 @@ log = logging.getLogger(__name__)
 POLL_SECONDS = 0.1
 RPC_TIMEOUT_SECONDS = 5.0
 STOP_GRACE_SECONDS = 0.2
-# grpc shares subchannels between channels to the same address, and a shared subchannel that
-# failed to connect sits out a reconnect backoff (1 s, growing): a fresh channel would then fail at
-# once although a new kubelet is listening. A local pool gives each attempt a fresh connection.
-CHANNEL_OPTIONS = [("grpc.use_local_subchannel_pool", 1)]
+# What a stop may take at most: our server's grace, the PodResources question, some slack.
+STOP_SECONDS = STOP_GRACE_SECONDS + podresources.LIST_TIMEOUT_SECONDS + 1.0
 
 
 class FileIdentity(NamedTuple):
@@ -78,9 +77,8 @@ class DevicePlugin:
         self._backoff = Backoff(initial=0.2, maximum=10.0)
 
     async def run(self) -> None:
-        """Serve and stay registered until cancelled; then remove our socket.
-
-        The CDI spec is kept on disk all along, and left there at the end (see ``cdi``)."""
+        """Serve and stay registered until cancelled; then remove our socket, and the CDI spec
+        unless a container on the node may still need it (see ``cdi``)."""
         self.running = True
         keeper = asyncio.create_task(self.cdi_spec.keep(self._cdi_check_seconds))
         try:
@@ -93,7 +91,45 @@ class DevicePlugin:
             self.running = False
             self._set_registered(False)
             await self._stop_server()
-            log.info("stopped; socket removed, CDI spec kept for the pods holding our devices")
+            await self._release_cdi_spec()
+
+    async def _release_cdi_spec(self) -> None:
+        """Remove the CDI spec if the kubelet says no container holds our devices; else keep it."""
+        spec = str(self.settings.cdi_spec_path)
+        try:
+            holding = await podresources.list_holders(
+                self.settings.pod_resources_socket, self.settings.resource_name
+            )
+        except podresources.PodResourcesUnavailable as error:
+            log.warning(
+                "stopped; socket removed, CDI spec kept: cannot ask the kubelet which containers "
+                "hold our devices",
+                extra={"cdi_spec": spec, "reason": str(error)},
+            )
+            return
+        if holding:
+            log.info(
+                "stopped; socket removed, CDI spec kept: containers on the node hold our devices",
+                extra={
+                    "cdi_spec": spec,
+                    "containers": len(holding),
+                    # A few names say which pods to look at; a full list could be thousands.
+                    "examples": [str(holder) for holder in holding[:5]],
+                },
+            )
+            return
+        try:
+            self.cdi_spec.remove()
+        except OSError as error:
+            log.error(
+                "stopped; socket removed, but the CDI spec could not be removed",
+                extra={"cdi_spec": spec, "error": str(error)},
+            )
+            return
+        log.info(
+            "stopped; socket and CDI spec removed: no container on the node holds our devices",
+            extra={"cdi_spec": spec},
+        )
 
     async def _serve_and_register_once(self) -> None:
         """One incarnation: fresh server and socket, registration, watch until it must restart."""
@@ -101,7 +137,7 @@ class DevicePlugin:
             await self._start_server()
             await self._check_answers()
         except (OSError, RuntimeError, grpc.aio.AioRpcError) as error:
-            log.error("could not serve our socket", extra={"error": _describe(error)})
+            log.error("could not serve our socket", extra={"error": describe(error)})
             await self._stop_server()
             await asyncio.sleep(self._backoff.next_delay())
             return
@@ -125,7 +161,7 @@ class DevicePlugin:
 
     async def _check_answers(self) -> None:
         """Dial our own socket as the kubelet will; registering a dead endpoint helps no one."""
-        async with _channel(self.settings.socket_path) as channel:
+        async with unix_channel(self.settings.socket_path) as channel:
             stub = api_pb2_grpc.DevicePluginStub(channel)
             await stub.GetDevicePluginOptions(api_pb2.Empty(), timeout=RPC_TIMEOUT_SECONDS)
 
@@ -161,7 +197,7 @@ class DevicePlugin:
             try:
                 # Before the kubelet may allocate: the runtime resolves Allocate's CDI names in it.
                 self.cdi_spec.ensure()
-                async with _channel(kubelet_socket) as channel:
+                async with unix_channel(kubelet_socket) as channel:
                     stub = api_pb2_grpc.RegistrationStub(channel)
                     await stub.Register(self._register_request(), timeout=RPC_TIMEOUT_SECONDS)
             except (OSError, grpc.aio.AioRpcError) as error:
@@ -170,7 +206,7 @@ class DevicePlugin:
                 log.warning(
                     "kubelet registration failed; retrying",
                     extra={
-                        "error": _describe(error),
+                        "error": describe(error),
                         "retry_in_seconds": round(delay, 3),
                         "attempt": self._backoff.attempts,
                     },
@@ -222,13 +258,3 @@ class DevicePlugin:
                     kubelet_gone = True
             elif kubelet_gone or current != registered_with:
                 return "kubelet.sock was re-created (kubelet restart)"
-
-
-def _channel(socket_path: Path) -> Any:
-    return grpc.aio.insecure_channel(f"unix://{socket_path}", options=CHANNEL_OPTIONS)
-
-
-def _describe(error: BaseException) -> str:
-    if isinstance(error, grpc.aio.AioRpcError):
-        return f"{error.code().name}: {error.details()}"
-    return f"{type(error).__name__}: {error}"

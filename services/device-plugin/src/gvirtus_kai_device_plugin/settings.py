@@ -31,8 +31,8 @@ class Settings(HealthServerSettings):
     cdi_kind: str = Field("gvirtus.io/vgpu", description="CDI kind of the virtual devices")
     pod_resources_socket: Path = Field(
         Path("/var/lib/kubelet/pod-resources/kubelet.sock"),
-        description="the kubelet's PodResources socket: asked on stop whether any container "
-        "holds our devices (the CDI spec is removed only if none does)",
+        description="the kubelet's PodResources socket, asked on stop: the CDI spec is removed "
+        "only if no container holds our devices",
     )
 
     @field_validator("resource_name")
