@@ -112,7 +112,8 @@ class AdmissionReviewer:
             review = AdmissionReview.model_validate(document)
         except ValidationError as exc:
             outcome = Outcome.ERROR
-            response = _denied(uid, 400, _describe_validation_error(exc))
+            message = _describe_validation_error(exc)
+            response = _unchecked(uid, message) if guard else _denied(uid, 400, message)
             parsed = None
         else:
             parsed = review.request
@@ -178,17 +179,15 @@ class AdmissionReviewer:
         return Outcome.MUTATED, response
 
     def _guard(self, request: AdmissionRequest) -> tuple[Outcome, AdmissionResponse]:
-        """Keep a plain GPU pod off virtual GPUs. Never refuses a pod: the guard is registered
-        with failurePolicy Ignore, so refusing here would only be stricter than being down."""
+        """Keep a plain GPU pod off virtual GPUs. Never refuses a pod (nor a malformed review):
+        the guard is registered with failurePolicy Ignore, and refusing here would be stricter
+        than being down."""
         kind = request.kind
         pod = request.object
         if kind is None or kind.kind != "Pod" or kind.group != "" or request.operation != "CREATE":
             return Outcome.ALLOWED, AdmissionResponse(uid=request.uid, allowed=True)
         if pod is None:
-            warning = "GVirtuS: the review carries no pod; not checked for virtual GPUs"
-            return Outcome.ERROR, AdmissionResponse(
-                uid=request.uid, allowed=True, warnings=[warning]
-            )
+            return Outcome.ERROR, _unchecked(request.uid, "the review carries no pod")
         settings = self._settings
         try:
             patch = guard_pod(
@@ -198,16 +197,10 @@ class AdmissionReviewer:
                 virtual_nodes=settings.virtual_gpu_requirements,
             )
         except GuardSkipped as exc:
-            warning = f"GVirtuS: not checked for virtual GPUs, the pod is malformed: {exc}"
-            return Outcome.ERROR, AdmissionResponse(
-                uid=request.uid, allowed=True, warnings=[clip(warning)]
-            )
+            return Outcome.ERROR, _unchecked(request.uid, f"the pod is malformed: {exc}")
         except Exception:
             log.exception("guard failed", extra={"uid": clip(request.uid)})
-            warning = "GVirtuS: internal error, not checked for virtual GPUs; see the webhook logs"
-            return Outcome.ERROR, AdmissionResponse(
-                uid=request.uid, allowed=True, warnings=[warning]
-            )
+            return Outcome.ERROR, _unchecked(request.uid, "internal error; see the webhook logs")
         if not patch:
             return Outcome.ALLOWED, AdmissionResponse(uid=request.uid, allowed=True)
         encoded = base64.b64encode(JsonPatch.dump_json(patch)).decode("ascii")
@@ -223,6 +216,12 @@ class AdmissionReviewer:
         self._metrics.admission_duration.observe(elapsed)
         log.warning("admission request rejected", extra={"status": status, "reason": clip(message)})
         return RequestRejected(status, message)
+
+
+def _unchecked(uid: str, reason: str) -> AdmissionResponse:
+    """The guard's answer when it cannot look at the pod: allowed, saying why."""
+    warning = clip(f"GVirtuS: not checked for virtual GPUs: {reason}")
+    return AdmissionResponse(uid=uid, allowed=True, warnings=[warning])
 
 
 def _denied(uid: str, code: int, message: str) -> AdmissionResponse:

@@ -15,7 +15,8 @@ class Outcome(StrEnum):
     ALLOWED = "allowed"  # admitted unchanged (not a GVirtuS pod, not a pod CREATE)
     MUTATED = "mutated"  # admitted with a JSON Patch
     DENIED = "denied"  # refused: the pod cannot be mutated or the backend cannot be resolved
-    ERROR = "error"  # refused: the review itself was unusable or the webhook failed
+    # The review itself was unusable or the webhook failed: refused (the guard admits unchecked).
+    ERROR = "error"
 
 
 class DnsFailure(StrEnum):
