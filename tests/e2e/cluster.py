@@ -53,6 +53,7 @@ class E2EConfig:
     image_repository_prefix: str | None
     image_tag: str | None
     timeout_seconds: float
+    values_files: tuple[Path, ...] = ()  # extra `helm install -f` files (E2E_VALUES, comma-separated)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> E2EConfig:
@@ -63,6 +64,9 @@ class E2EConfig:
             image_repository_prefix=environ.get("E2E_IMAGE_REPOSITORY_PREFIX") or None,
             image_tag=environ.get("E2E_IMAGE_TAG") or None,
             timeout_seconds=float(environ.get("E2E_TIMEOUT_SECONDS") or 300),
+            values_files=tuple(
+                Path(item) for item in (environ.get("E2E_VALUES") or "").split(",") if item.strip()
+            ),
         )
 
 

@@ -129,6 +129,7 @@ def release(
             "--namespace", namespace, "--create-namespace",
             "--wait", "--timeout", timeout,
             *image_value_overrides(e2e_config.image_repository_prefix, e2e_config.image_tag),
+            *(arg for path in e2e_config.values_files for arg in ("--values", str(path))),
         )  # fmt: skip
         values = helm.json("get", "values", name, "--namespace", namespace, "--all")
         yield Release(name=name, namespace=namespace, values=values)
