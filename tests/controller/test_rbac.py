@@ -1,5 +1,5 @@
-"""The controller needs no more than the RBAC the chart grants it (the contract in the design):
-run with a ServiceAccount bound to exactly that, it assigns, reports, elects and evicts."""
+"""The controller needs no more than the RBAC the chart grants it: run with a ServiceAccount bound
+to exactly that, it assigns, reports, elects and evicts."""
 
 from __future__ import annotations
 

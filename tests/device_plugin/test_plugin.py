@@ -16,7 +16,7 @@ from gvirtus_kai_device_plugin.settings import Settings
 from tests.device_plugin.conftest import RunningPlugin
 from tests.device_plugin.kubelet import WAIT_SECONDS, KubeletEmulator
 
-# The bound for re-registering after a kubelet restart or a lost socket.
+# How soon it must register again after a kubelet restart or a lost socket.
 REREGISTER_SECONDS = 1.0
 
 

@@ -18,7 +18,7 @@ import psutil
 from tests.device_plugin.kubelet import WAIT_SECONDS, KubeletEmulator
 from tests.device_plugin.process import PluginProcess, running_plugin, status_within
 
-# The bound for SIGTERM to process exit.
+# How soon it must exit after SIGTERM.
 EXIT_SECONDS = 1.0
 
 

@@ -1,6 +1,6 @@
 """What one hostile or broken client can make the real webhook hold, over real sockets.
 
-Each attack from issue 11 against the real process: a header flood, idle TLS connections, a
+Each attack against the real process: a header flood, idle TLS connections, a
 request head or body sent a byte at a time, and a connection flood under a low descriptor limit.
 Timing bounds are generous (a shared machine); the settings under test are short.
 """
