@@ -183,10 +183,3 @@ def test_every_relative_link_reaches_a_file_and_heading(document: Path) -> None:
         assert file.exists(), target
         if anchor:
             assert anchor in _anchors(file.read_text()), target
-
-
-def test_the_front_page_is_short_and_installs_early() -> None:
-    lines = README.read_text().splitlines()
-    assert len(lines) <= 130
-    first_install = next(i for i, line in enumerate(lines) if line.startswith("helm install"))
-    assert first_install < 50

@@ -1,35 +1,72 @@
-"""Memory requests cover what the node agents use when idle, so nodes are not overcommitted."""
+"""Every container the chart runs declares what it needs and what it may use, and may use at least
+what it asks for: the scheduler places it by its requests, and a limit below a request would make
+the pod unschedulable or kill it for using what it was promised."""
 
 from __future__ import annotations
 
 import re
+from typing import Any
 
 import pytest
 
-from tests.chart.conftest import container, render
+from tests.chart.conftest import SCENARIOS, pod_spec, pod_workloads, render
 
-# Idle resident set sizes measured by `make bench` (bench/labeler.py, bench/device_plugin.py).
-IDLE_RSS_MIB = {"labeler": 48, "device-plugin": 53}
-HEADROOM = 1.15  # allocator growth and a burst of watch events or gRPC calls
-_UNITS_MIB = {"Mi": 1.0, "Gi": 1024.0, "Ki": 1 / 1024, "M": 1e6 / 2**20, "G": 1e9 / 2**20}
+RESOURCES = ("cpu", "memory")
+_MEMORY_UNITS = {"Ki": 2**10, "Mi": 2**20, "Gi": 2**30, "k": 1e3, "M": 1e6, "G": 1e9}
 
 
-def mebibytes(quantity: str) -> float:
-    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Mi|Gi|Ki|M|G)?", quantity)
-    assert match, f"unexpected memory quantity {quantity!r}"
-    if match[2] is None:
-        return float(match[1]) / 2**20
-    return float(match[1]) * _UNITS_MIB[match[2]]
+def quantity(resource: str, text: str | int | float) -> float:
+    """A Kubernetes quantity in cores or bytes."""
+    value = str(text)
+    if resource == "cpu":
+        match = re.fullmatch(r"(\d+(?:\.\d+)?)(m)?", value)
+        assert match, f"unexpected cpu quantity {value!r}"
+        return float(match[1]) / (1000 if match[2] else 1)
+    match = re.fullmatch(r"(\d+(?:\.\d+)?)(Ki|Mi|Gi|k|M|G)?", value)
+    assert match, f"unexpected memory quantity {value!r}"
+    return float(match[1]) * (_MEMORY_UNITS[match[2]] if match[2] else 1)
 
 
-def test_memory_quantities_parse_in_binary_and_decimal_units() -> None:
-    assert mebibytes("64Mi") == 64
-    assert mebibytes("1Gi") == 1024
-    assert mebibytes("67108864") == 64
-    assert round(mebibytes("128M"), 2) == 122.07
+def test_quantities_parse_in_binary_and_decimal_units() -> None:
+    assert quantity("memory", "64Mi") == 64 * 2**20
+    assert quantity("memory", "128M") == 128e6
+    assert quantity("memory", "67108864") == 64 * 2**20
+    assert quantity("cpu", "500m") == 0.5
+    assert quantity("cpu", "2") == 2
 
 
-@pytest.mark.parametrize("component", sorted(IDLE_RSS_MIB))
-def test_node_agent_memory_request_covers_its_idle_rss(component: str) -> None:
-    resources = container(render().one("DaemonSet", component))["resources"]
-    assert mebibytes(resources["requests"]["memory"]) >= IDLE_RSS_MIB[component] * HEADROOM
+def containers(scenario: str | None) -> list[tuple[str, dict[str, Any]]]:
+    found = []
+    for workload in pod_workloads(render(scenario)):
+        spec = pod_spec(workload)
+        for item in [*spec.get("initContainers", []), *spec["containers"]]:
+            found.append(
+                (f"{workload['kind']}/{workload['metadata']['name']}/{item['name']}", item)
+            )
+    return found
+
+
+@pytest.mark.parametrize("scenario", [None, *SCENARIOS])
+def test_every_container_requests_and_limits_cpu_and_memory(scenario: str | None) -> None:
+    found = containers(scenario)
+    assert found
+    missing = [
+        f"{where} {kind}.{resource}"
+        for where, item in found
+        for kind in ("requests", "limits")
+        for resource in RESOURCES
+        if resource not in (item.get("resources") or {}).get(kind, {})
+    ]
+    assert not missing
+
+
+@pytest.mark.parametrize("scenario", [None, *SCENARIOS])
+def test_no_limit_is_below_its_request(scenario: str | None) -> None:
+    below = [
+        f"{where} {resource}"
+        for where, item in containers(scenario)
+        for resource in RESOURCES
+        if quantity(resource, item["resources"]["limits"][resource])
+        < quantity(resource, item["resources"]["requests"][resource])
+    ]
+    assert not below

@@ -31,22 +31,8 @@ def test_ct_finds_the_chart_in_its_chart_dirs() -> None:
     assert load(CHART / "Chart.yaml")["name"] == CHART.name
 
 
-def test_ct_compares_against_main_with_a_lint_config_that_exists() -> None:
-    config = ct_config()
-
-    assert config["target-branch"] == "main"
-    assert (REPO_ROOT / config["lint-conf"]).is_file()
-
-
-def test_ct_skips_maintainer_and_version_increment_checks_for_now() -> None:
-    config = ct_config()
-
-    assert config["validate-maintainers"] is False
-    assert config["check-version-increment"] is False
-
-
-def test_ct_gives_helm_ten_minutes_per_install() -> None:
-    assert ct_config()["helm-extra-args"].split() == ["--timeout", "600s"]
+def test_ct_lints_with_a_config_that_exists() -> None:
+    assert (REPO_ROOT / ct_config()["lint-conf"]).is_file()
 
 
 def test_ct_lint_rules_match_the_repository_yamllint_rules() -> None:
