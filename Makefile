@@ -30,7 +30,7 @@ NODE_BINS    := $(addprefix $(TOOLS)/,containerd containerd-shim-runc-v2 ctr cni
 # namespace and network tools the node fixture drives.
 NODE_DEBS    := runc iptables iproute2 util-linux curl
 
-.PHONY: help demo test pytest e2e e2e-nodes lint fmt docs bench tools node-debs cluster cluster-down clean constraints
+.PHONY: help demo test pytest e2e e2e-nodes lint fmt docs bench tools node-debs cluster cluster-down clean constraints images
 
 help: ## list targets
 	@grep -E '^[a-z0-9-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-12s %s\n", $$1, $$2}'
@@ -89,6 +89,14 @@ bench: $(VENV_STAMP) $(GO_BINS) ## performance figures of every service next to 
 	@missed=0; for name in webhook mutation labeler device_plugin controller apiserver; do \
 	  $(BIN)/python bench/$$name.py || missed=1; \
 	done; exit $$missed
+
+# --- images ---
+# The container images of the real-node tests, built with buildah from a Debian-made base (no
+# registry, no Docker engine): archives in .tools/images that `ctr images import` takes with their
+# names. build.sh rebuilds an image only when the hash of its inputs changed.
+images: ## service, stand-in and pause images into .tools/images (archives for containerd)
+	ci/images/build.sh
+# --- end images ---
 
 constraints: ## re-pin constraints.txt from the current venv
 	$(BIN)/pip freeze --exclude-editable | sed '/^-e /d' > constraints.txt.new && mv constraints.txt.new constraints.txt

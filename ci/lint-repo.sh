@@ -4,7 +4,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 yamllint --strict -c ci/yamllint.yaml .
-mapfile -t dockerfiles < <(ls Dockerfile.* 2>/dev/null || true)
+mapfile -t dockerfiles < <(git ls-files --cached --others --exclude-standard 'Dockerfile.*' '*/Dockerfile')
 if ((${#dockerfiles[@]})); then hadolint "${dockerfiles[@]}"; fi
 if [ -d .github/workflows ]; then actionlint; fi
 mapfile -t scripts < <(git ls-files '*.sh' .ci/run)

@@ -41,8 +41,8 @@ class Stage:
         return variables
 
 
-def parse_dockerfile(text: str) -> list[Stage]:
-    """Stages of a Dockerfile: comment lines dropped, backslash continuations joined."""
+def _instructions(text: str) -> list[tuple[str, str]]:
+    """(KEYWORD, arguments) of each instruction: comment lines dropped, continuations joined."""
     logical: list[str] = []
     pending = ""
     for raw in text.splitlines():
@@ -55,20 +55,58 @@ def parse_dockerfile(text: str) -> list[Stage]:
         logical.append(pending + line)
         pending = ""
     assert not pending, "the Dockerfile ends inside a continued instruction"
-
-    stages: list[Stage] = []
+    out = []
     for line in logical:
         keyword, _, arguments = line.partition(" ")
-        keyword = keyword.upper()
-        arguments = arguments.strip()
+        out.append((keyword.upper(), arguments.strip()))
+    return out
+
+
+def parse_dockerfile(text: str) -> list[Stage]:
+    """Stages of a Dockerfile; the ARGs before the first FROM are in `global_args`."""
+    stages: list[Stage] = []
+    for keyword, arguments in _instructions(text):
         if keyword == "FROM":
             words = arguments.split()
             has_name = len(words) == 3 and words[1].upper() == "AS"
             stages.append(Stage(base=words[0], name=words[2] if has_name else None))
             continue
+        if not stages and keyword == "ARG":
+            continue
         assert stages, f"{keyword} before the first FROM"
         stages[-1].instructions.append(Instruction(keyword, arguments))
     return stages
+
+
+def arg_defaults(instructions: list[Instruction]) -> dict[str, str | None]:
+    """`ARG name[=default]` declarations (one per instruction, the form used here)."""
+    args: dict[str, str | None] = {}
+    for instruction in instructions:
+        if instruction.keyword == "ARG":
+            name, separator, default = instruction.arguments.partition("=")
+            args[name] = default if separator else None
+    return args
+
+
+def global_args(text: str) -> dict[str, str | None]:
+    """The ARGs declared before the first FROM: the only ones a FROM line can use."""
+    before_from: list[Instruction] = []
+    for keyword, arguments in _instructions(text):
+        if keyword == "FROM":
+            break
+        before_from.append(Instruction(keyword, arguments))
+    return arg_defaults(before_from)
+
+
+def resolve_base(base: str, args: dict[str, str | None]) -> str:
+    """A FROM image with `${NAME}` / `$NAME` replaced by the global ARG defaults."""
+
+    def default(match: re.Match[str]) -> str:
+        value = args.get(match.group(1) or match.group(2))
+        assert value is not None, f"FROM {base}: {match.group(0)} has no default"
+        return value
+
+    return re.sub(r"\$\{(\w+)\}|\$(\w+)", default, base)
 
 
 def copy_sources(instruction: Instruction) -> tuple[list[str], str | None]:

@@ -17,8 +17,11 @@ from tests.ci.buildfiles import (
     REPO_ROOT,
     DockerIgnore,
     Stage,
+    arg_defaults,
     copy_sources,
+    global_args,
     parse_dockerfile,
+    resolve_base,
 )
 
 # Dockerfile suffix -> the service package it builds.
@@ -32,10 +35,17 @@ EXACT_VERSION_TAG = re.compile(
     r"^[a-z0-9][a-z0-9._/-]*:\d+\.\d+\.\d+(?:-[a-z0-9.-]+)?(?:@sha256:[0-9a-f]{64})?$"
 )
 NUMERIC_USER = re.compile(r"^(\d+)(?::(\d+))?$")
+OFFICIAL_PYTHON = re.compile(r"^python:3\.11\.\d+-slim-bookworm$")
+# What the build machine's pip needs inside the builder (ci/images/build.sh passes those set).
+PACKAGE_INDEX_ARGS = {"PIP_INDEX_URL", "PIP_EXTRA_INDEX_URL", "PIP_TRUSTED_HOST", "PIP_CERT"}
+
+
+def dockerfile(image: str) -> str:
+    return (REPO_ROOT / f"Dockerfile.{image}").read_text()
 
 
 def stages(image: str) -> list[Stage]:
-    return parse_dockerfile((REPO_ROOT / f"Dockerfile.{image}").read_text())
+    return parse_dockerfile(dockerfile(image))
 
 
 def console_scripts(service: str) -> dict[str, str]:
@@ -52,8 +62,39 @@ def test_every_dockerfile_in_the_repository_is_one_of_the_service_images() -> No
 
 @pytest.mark.parametrize("image", IMAGES)
 def test_base_images_are_pinned_to_an_exact_version(image: str) -> None:
+    args = global_args(dockerfile(image))
     for stage in stages(image):
-        assert EXACT_VERSION_TAG.match(stage.base), f"{image}: base {stage.base!r} is not pinned"
+        base = resolve_base(stage.base, args)
+        assert EXACT_VERSION_TAG.match(base), f"{image}: base {base!r} is not pinned"
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_base_is_a_build_argument_that_defaults_to_the_official_python_image(image: str) -> None:
+    args = global_args(dockerfile(image))
+
+    assert [stage.base for stage in stages(image)] == ["${PYTHON_IMAGE}"] * 2
+    assert OFFICIAL_PYTHON.match(args["PYTHON_IMAGE"] or ""), args
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_builder_calls_python3_which_debian_made_bases_have_too(image: str) -> None:
+    commands = " ".join(run.arguments for run in stages(image)[0].all("RUN"))
+
+    assert "python3 -m venv" in commands
+    assert re.search(r"(^|[\s;&|])python\s", commands) is None, "Debian has no plain `python`"
+
+
+@pytest.mark.parametrize("image", IMAGES)
+def test_package_index_settings_are_arguments_of_the_builder_stage_only(image: str) -> None:
+    builder, runtime = stages(image)
+    builder_args = arg_defaults(builder.instructions)
+
+    assert builder_args.keys() >= PACKAGE_INDEX_ARGS
+    # Empty defaults: pip reads an empty value as unset, so unset ones need no build argument.
+    assert all(builder_args[name] == "" for name in PACKAGE_INDEX_ARGS)
+    assert not PACKAGE_INDEX_ARGS & set(global_args(dockerfile(image)))
+    assert runtime.all("ARG") == []
+    assert not [key for stage in (builder, runtime) for key in stage.env() if key in builder_args]
 
 
 @pytest.mark.parametrize("image", IMAGES)
