@@ -8,6 +8,7 @@ helpers, and that those helpers read the webhook's real mutation the way the e2e
 from __future__ import annotations
 
 import copy
+import json
 import os
 import subprocess
 import sys
@@ -253,6 +254,18 @@ def test_e2e_expects_the_node_selector_the_webhook_merges(webhook_output: dict[s
         "kubernetes.io/os": "linux",
         FRONTEND: "true",
     }
+
+
+def test_e2e_reports_a_config_whose_threads_would_reach_different_backends(
+    webhook_output: dict[str, Any],
+) -> None:
+    annotations = webhook_output["metadata"]["annotations"]
+    config = json.loads(annotations["gvirtus.io/properties"])
+    config["communicator"][-1]["endpoint"]["server_address"] = "10.244.1.8"
+    annotations["gvirtus.io/properties"] = json.dumps(config)
+
+    with pytest.raises(AssertionError, match="name different backends"):
+        frontend_endpoint(webhook_output)
 
 
 def test_e2e_reports_a_pod_the_webhook_did_not_touch() -> None:

@@ -98,14 +98,18 @@ def scheduling_gates(pod: Object) -> list[str]:
 
 
 def frontend_endpoint(pod: Object) -> dict[str, str]:
-    """The TCP endpoint of the GVirtuS frontend config the webhook put into the pod annotation."""
+    """The TCP endpoint of the GVirtuS frontend config in the pod annotation: every thread of a
+    program reads its own entry, so every entry must name it."""
     annotations = pod["metadata"].get("annotations") or {}
     if PROPERTIES_ANNOTATION not in annotations:
         raise AssertionError(
             f"pod has no {PROPERTIES_ANNOTATION} annotation; annotations: {sorted(annotations)}"
         )
     properties = json.loads(annotations[PROPERTIES_ANNOTATION])
-    endpoint: dict[str, str] = properties["communicator"][0]["endpoint"]
+    endpoints = [entry["endpoint"] for entry in properties["communicator"]]
+    if any(other != endpoints[0] for other in endpoints):
+        raise AssertionError(f"the communicator entries name different backends: {endpoints}")
+    endpoint: dict[str, str] = endpoints[0]
     return endpoint
 
 

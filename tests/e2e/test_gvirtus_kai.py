@@ -171,6 +171,30 @@ def test_webhook_gates_the_pod_for_the_controller_and_writes_no_address(
     assert BACKEND_GATE not in annotations  # the controller writes the backend later
 
 
+def test_webhook_gates_a_sed_pod_too_and_wraps_its_command(
+    kubectl: Cli, e2e_config: E2EConfig, release: Release, apps_namespace: str
+) -> None:
+    pod = application_pod(
+        apps_namespace,
+        enable_label=release.values["enableLabel"],
+        gpu_resource=release.values["gpuResource"],
+        node_selector=OWN_NODE_SELECTOR,
+        name="gvirtus-e2e-sed",
+    )
+    pod["metadata"]["annotations"] = {"gvirtus.io/strategy": "sed"}
+
+    created = dry_run_create(kubectl, pod, e2e_config)
+
+    app = container(created, "app")
+    assert BACKEND_GATE in scheduling_gates(created)  # placed by the controller, as mount pods
+    assert app["command"][:2] == ["/bin/sh", "-c"]
+    assert app["command"][4:] == ["sleep", "3600"]
+    [variable] = [e for e in app["env"] if e["name"] == "GVIRTUS_KAI_BACKEND"]
+    assert variable["valueFrom"]["fieldRef"]["fieldPath"] == (
+        "metadata.annotations['gvirtus.io/backend']"
+    )
+
+
 def test_a_gated_pod_waits_and_says_why_while_no_backend_is_ready(
     kubectl: Cli, e2e_config: E2EConfig, release: Release, apps_namespace: str
 ) -> None:

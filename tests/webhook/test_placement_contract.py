@@ -1,11 +1,10 @@
 """The placement contract of the real ``gvirtus-webhook`` process over HTTPS, with a real DNS
 server on 127.0.0.1 whose query log shows which reviews looked the backend up.
 
-- ``placement=controller``: a mount-strategy pod gets the scheduling gate and no address, and no
-  DNS query is made for it (so a DNS outage refuses no pod);
-- ``placement=dns``, and every sed pod: the pod is pinned to one ready backend pod, one of the
-  headless Service's A records chosen uniformly at random; none ready, or IPv6 only, is a denial
-  that says why.
+- ``placement=controller``: a pod (mount or sed) gets the scheduling gate and no address, and
+  no DNS query is made for it (so a DNS outage refuses no pod);
+- ``placement=dns``: the pod is pinned to one ready backend pod, one of the headless Service's A
+  records chosen uniformly at random; none ready, or IPv6 only, is a denial that says why.
 """
 
 from __future__ import annotations
@@ -120,8 +119,11 @@ def pinned_to(pod: dict[str, Any]) -> str:
         properties = json.loads(pod["metadata"]["annotations"][PROPERTIES_ANNOTATION])
         endpoint = properties["communicator"][0]["endpoint"]
         assert (endpoint["server_address"], endpoint["port"]) == (address, BACKEND_PORT)
-    else:  # sed: the wrapper script carries the address
-        assert f'"server_address": "{address}"' in pod["spec"]["containers"][0]["command"][2]
+    else:  # sed: the wrapper reads the annotation, resolved by the kubelet at container start
+        [app] = pod["spec"]["containers"]
+        [source] = [e["valueFrom"] for e in app["env"] if e["name"] == "GVIRTUS_KAI_BACKEND"]
+        assert source["fieldRef"]["fieldPath"] == f"metadata.annotations['{BACKEND_ANNOTATION}']"
+        assert address not in app["command"][2]
     return address
 
 
@@ -189,18 +191,19 @@ def test_a_copy_of_an_assigned_pod_is_gated_again(
     )
 
 
-def test_a_sed_pod_is_pinned_through_dns_even_with_controller_placement(
+def test_a_sed_pod_is_gated_with_no_lookup_too(
     gating: RunningWebhook, backends: LoopbackDnsServer
 ) -> None:
     before = backends.query_count(BACKEND_HOST, "A")
     with gating.client() as client:
         pod = admitted(gating, client, sed_pod())
-    assert gates(pod) == []
-    assert pinned_to(pod) in BACKENDS
-    assert backends.query_count(BACKEND_HOST, "A") == before + 1  # the log is live
+    assert gates(pod) == [BACKEND_GATE]
+    assert BACKEND_ANNOTATION not in (pod["metadata"].get("annotations") or {})
+    assert_valid_pod(pod)
+    assert backends.query_count(BACKEND_HOST, "A") == before
 
 
-# --- placement=dns, and sed pods: pinned to one ready IPv4 backend ----------------------------
+# --- placement=dns: pinned to one ready IPv4 backend ------------------------------------------
 
 
 @pytest.mark.parametrize("make_pod", [gpu_pod, sed_pod], ids=["mount", "sed"])
@@ -278,13 +281,14 @@ def test_an_ipv6_only_backend_denies_saying_gvirtus_needs_ipv4(
     assert "patch" not in result  # fd00::10 is written nowhere
 
 
-def test_a_sed_pod_with_no_ready_backend_is_denied_even_with_controller_placement(
-    gating: RunningWebhook, dns: LoopbackDnsServer
+def test_a_sed_pod_with_no_ready_backend_is_denied_under_dns_placement_and_gated_otherwise(
+    pinning: RunningWebhook, gating: RunningWebhook, dns: LoopbackDnsServer
 ) -> None:
     dns.set_empty(BACKEND_HOST)
+    with pinning.client() as client:
+        refused = send(pinning, client, sed_pod())
     with gating.client() as client:
-        refused = send(gating, client, sed_pod())
-        gated = send(gating, client, gpu_pod())
+        gated = send(gating, client, sed_pod())
     assert refused["allowed"] is False
     assert "no ready GVirtuS backend was found" in refused["status"]["message"]
     assert gated["allowed"] is True

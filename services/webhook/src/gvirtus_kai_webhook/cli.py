@@ -122,10 +122,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--placement",
         choices=PLACEMENTS,
         help="dns: pin every pod to one backend address (--backend-address or DNS); controller: "
-        "give mount-strategy pods the scheduling gate gvirtus.io/backend and no address, as the "
-        "webhook does, for a cluster whose placement controller assigns backends (sed pods are "
-        "pinned all the same). Default: GVIRTUS_KAI_PLACEMENT when it is set, else dns: an "
-        "offline manifest is pinned unless asked otherwise",
+        "give every pod the scheduling gate gvirtus.io/backend and no address, as the webhook "
+        "does, for a cluster whose placement controller assigns backends. Default: "
+        "GVIRTUS_KAI_PLACEMENT when it is set, else dns: an offline manifest is pinned unless "
+        "asked otherwise",
     )
     return parser
 
