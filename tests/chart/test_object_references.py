@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 import yaml
+from gvirtus_kai_webhook.app import GUARD_PATH, MUTATE_PATH
 
 from tests.chart.conftest import (
     CHART,
@@ -220,7 +221,7 @@ def test_the_webhook_configuration_calls_a_rendered_service_on_one_of_its_ports(
             reference = hook["clientConfig"]["service"]
             service = services[(reference["namespace"], reference["name"])]
             assert reference["port"] in [port["port"] for port in service["spec"]["ports"]]
-            assert reference["path"] == "/mutate"
+            assert reference["path"] in (MUTATE_PATH, GUARD_PATH)  # routes the webhook serves
 
 
 def _cluster_scoped_names(namespace: str, release: str = RELEASE) -> set[tuple[str, str]]:

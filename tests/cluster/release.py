@@ -36,6 +36,7 @@ from typing import Any
 import httpx
 import yaml
 from lightkube import ApiError
+from lightkube.models.admissionregistration_v1 import MutatingWebhook
 from lightkube.models.core_v1 import Container, PodSpec
 from lightkube.models.meta_v1 import ObjectMeta
 from lightkube.resources.admissionregistration_v1 import MutatingWebhookConfiguration
@@ -53,6 +54,7 @@ NAMESPACE = "gvirtus-system"
 ENABLE_LABEL = "gvirtus.io/enabled"
 PROPERTIES_ANNOTATION = "gvirtus.io/properties"
 PROBE_NAMESPACE = "webhook-probe"
+GVIRTUS_HOOK = "pods.gvirtus.io"
 
 
 def free_port_on_all_addresses() -> int:
@@ -195,9 +197,16 @@ class Release:
         name = f"{self.component_name('webhook')}.{self.namespace}"
         return self.cluster.client.get(MutatingWebhookConfiguration, name)
 
+    def gvirtus_webhook(self) -> MutatingWebhook:
+        """The configuration's entry for GVirtuS pods (the other one guards plain GPU pods)."""
+        [webhook] = [
+            w for w in self.webhook_configuration().webhooks or [] if w.name == GVIRTUS_HOOK
+        ]
+        return webhook
+
     def service_name(self) -> str:
         """The Service the API server calls: ``clientConfig.service`` of the chart's webhook."""
-        [webhook] = self.webhook_configuration().webhooks or []
+        webhook = self.gvirtus_webhook()
         assert webhook.clientConfig.service is not None
         return webhook.clientConfig.service.name
 

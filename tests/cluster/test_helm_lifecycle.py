@@ -69,7 +69,7 @@ def secret_and_ca_bundle(cluster: Cluster, release: Release) -> tuple[dict[str, 
     secret = cluster.get_json(
         "secret", release.component_name("webhook-tls"), "-n", release.namespace
     )
-    [webhook] = release.webhook_configuration().webhooks or []
+    webhook = release.gvirtus_webhook()
     return secret["data"], str(webhook.clientConfig.caBundle)
 
 
@@ -116,7 +116,7 @@ def test_helm_upgrade_keeps_the_webhook_certificate_and_applies_the_new_values(
     secret_after, ca_bundle_after = secret_and_ca_bundle(cluster, fresh)
     assert secret_after == secret_before
     assert ca_bundle_after == ca_bundle_before
-    [webhook] = fresh.webhook_configuration().webhooks or []
+    webhook = fresh.gvirtus_webhook()
     assert (webhook.failurePolicy, webhook.timeoutSeconds) == ("Ignore", 5)
     deployment = cluster.get_json("deployment", fresh.component_name("webhook"), "-n", NAMESPACE)
     assert deployment["spec"]["replicas"] == 2

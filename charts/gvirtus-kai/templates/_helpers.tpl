@@ -177,6 +177,29 @@ On upgrade the existing Secret is reused (lookup returns nothing under `helm tem
 {{- end }}
 {{- end }}
 
+{{/*
+The nodes whose GPUs are virtual, as the webhook's GVIRTUS_KAI_VIRTUAL_GPU_NODES
+(key=value,key!=value): exactly the nodes the device plugin's DaemonSet selects, its role affinity
+and devicePlugin.nodeSelector.
+*/}}
+{{- define "gvirtus-kai.virtualGpuNodes" -}}
+{{- $r := .Values.roleLabels }}
+{{- $rules := list (printf "%s=true" $r.frontend.key) (printf "%s!=true" $r.gpuPresent.key) }}
+{{- range $key, $value := .Values.devicePlugin.nodeSelector }}
+{{- $rules = append $rules (printf "%s=%v" $key $value) }}
+{{- end }}
+{{- join "," $rules }}
+{{- end }}
+
+{{/*
+CEL for the guard's matchConditions: a container or init container lists the GPU resource in its
+limits or requests (the webhook itself ignores a quantity of 0).
+*/}}
+{{- define "gvirtus-kai.webhook.requestsGpu" -}}
+{{- $asks := printf "has(c.resources) && ((has(c.resources.limits) && '%s' in c.resources.limits) || (has(c.resources.requests) && '%s' in c.resources.requests))" .Values.gpuResource .Values.gpuResource }}
+{{- printf "object.spec.containers.exists(c, %s) || (has(object.spec.initContainers) && object.spec.initContainers.exists(c, %s))" $asks $asks }}
+{{- end }}
+
 {{/* Network policies ------------------------------------------------------------------------------ */}}
 
 {{/*
