@@ -4,6 +4,7 @@ controller talks to the proxy with its own ServiceAccount token; every other ans
 
 from __future__ import annotations
 
+import logging
 import random
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -116,6 +117,25 @@ async def test_a_server_error_on_the_assignment_is_retried(
     (message,) = await told(client, scene, "unlucky", "WaitingForBackend")
     assert message.startswith("the API server refused the backend assignment (500)")
     assert await assigned(client, scene, "unlucky") == "10.4.0.1:9999"
+
+
+async def test_a_forbidden_assignment_is_counted_and_names_the_permission_to_grant(
+    client: AsyncClient,
+    scene: Scene,
+    proxy: FaultProxy,
+    behind_proxy: Running,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The controller's own writes are accounted for as its watches are: by verb and code, and a
+    # 403 tells the operator what to grant.
+    proxy.fail_next(1, 403, "PATCH")
+    with caplog.at_level(logging.ERROR, logger="gvirtus_kai_common.kube"):
+        await client.create(gated_pod(scene, "refused"))
+        assert await assigned(client, scene, "refused") == "10.4.0.1:9999"
+
+    assert behind_proxy.sample("gvirtus_controller_api_errors_total", verb="patch", code="403") == 1
+    hint = "forbidden: grant 'patch' on 'pods' to the controller's ServiceAccount"
+    assert hint in [record.getMessage() for record in caplog.records]
 
 
 async def test_a_new_pod_of_a_deleted_pods_name_starts_with_a_fresh_retry_backoff(
