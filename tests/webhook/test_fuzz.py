@@ -3,7 +3,7 @@
 One ``gvirtus-webhook`` process serves every example over TLS (one keep-alive client, as the API
 server keeps one), resolving the backend in a DNS server on 127.0.0.1 and pinning every pod
 (``PLACEMENT=dns``); generated valid pods also go to a second one with the chart's default,
-``PLACEMENT=controller`` (mount-strategy pods gated, sed pods pinned), so both placements are
+``PLACEMENT=controller`` (every pod gated), so both placements are
 fuzzed. Every review must get a well-formed answer: 200 with an AdmissionReview in the apiVersion
 asked, echoing the uid (400 with a JSON error body only when no uid can be read), never an
 internal error; an allowed patch always applies (``jsonpatch``). Generated valid pods
@@ -285,10 +285,14 @@ def gates_of(pod: dict[str, Any]) -> list[str]:
     return [gate["name"] for gate in pod["spec"].get("schedulingGates") or []]
 
 
+BACKEND_SOURCE = {
+    "fieldRef": {"apiVersion": "v1", "fieldPath": f"metadata.annotations['{BACKEND_ANNOTATION}']"}
+}
+
+
 def check_mutated(before: dict[str, Any], after: dict[str, Any], placement: str) -> None:
     """The GVirtuS config is where the pod asked for it, the pod gated for the controller
-    (mount strategy, placement=controller) or pinned to the backend; nothing of the pod's own is
-    lost."""
+    (placement=controller) or pinned to the backend; nothing of the pod's own is lost."""
     path = config_file(before)
     sed = strategy_of(before) == "sed"
     targets = target_names(before)
@@ -308,7 +312,12 @@ def check_mutated(before: dict[str, Any], after: dict[str, Any], placement: str)
         mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts") or []}
         assert (mounts.get(path) == OWN_VOLUME) != sed
         assert (OWN_VOLUME in mounts.values()) != sed
-    if not sed and placement == "controller":
+        # sed: the wrapper gets the address the kubelet reads from the annotation at start.
+        sources = {e["name"]: e.get("valueFrom") for e in container.get("env") or []}
+        assert (sources.get("GVIRTUS_KAI_BACKEND") == BACKEND_SOURCE) == sed
+        if sed:
+            assert not any(ready in container["command"][2] for ready in READY_BACKENDS)
+    if placement == "controller":
         # Gated: the gate once (appended, or kept where a copy had it), and no address at all.
         before_gates = gates_of(before)
         expected = before_gates if BACKEND_GATE in before_gates else [*before_gates, BACKEND_GATE]
@@ -324,11 +333,7 @@ def check_mutated(before: dict[str, Any], after: dict[str, Any], placement: str)
         if earlier in {f"{ready}:{BACKEND_PORT}" for ready in READY_BACKENDS}:
             event("pinned: kept the ready backend it named")
             assert backend == earlier
-        if sed:
-            for name in targets:
-                container = next(c for c in everyone(after) if c["name"] == name)
-                assert f'"server_address": "{address}"' in container["command"][2]
-        else:
+        if not sed:
             properties = annotations_of(after)[PROPERTIES_ANNOTATION]
             assert json.loads(properties) == frontend_config(address, BACKEND_PORT, PLUGINS)
     assert after["spec"]["nodeSelector"] == {
