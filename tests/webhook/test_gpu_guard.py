@@ -17,8 +17,10 @@ from gvirtus_kai_webhook.gpu_guard import (
     guard_pod,
     parse_node_requirements,
 )
+from gvirtus_kai_webhook.settings import Settings
 from hypothesis import given
 from hypothesis import strategies as st
+from pydantic import ValidationError
 
 FRONTEND = "gvirtus.io/frontend.allowed"
 GPU_PRESENT = "nvidia.com/gpu.present"
@@ -322,3 +324,46 @@ def test_requirements_parse_from_label_selector_syntax() -> None:
 def test_a_bad_requirement_is_refused_naming_it(text: str, fragment: str) -> None:
     with pytest.raises(ValueError, match=fragment):
         parse_node_requirements(text)
+
+
+def test_the_webhook_settings_refuse_a_bad_list_of_virtual_gpu_node_labels() -> None:
+    with pytest.raises(ValidationError, match="neither key=value nor key!=value"):
+        Settings(virtual_gpu_nodes="gvirtus.io/frontend.allowed")
+    assert Settings(virtual_gpu_nodes="a=b").virtual_gpu_requirements == (
+        NodeRequirement("a", "b", equals=True),
+    )
+
+
+_json = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.text(max_size=3),
+    lambda inner: (
+        st.lists(inner, max_size=3) | st.dictionaries(st.text(max_size=3), inner, max_size=3)
+    ),
+    max_leaves=8,
+)
+_affinity_levels = ("nodeAffinity", REQUIRED, "nodeSelectorTerms")
+
+
+@given(
+    depth=st.integers(min_value=0, max_value=len(_affinity_levels)),
+    value=_json,
+    gpu_in_init=st.booleans(),
+)
+def test_any_affinity_is_either_skipped_or_patched_into_a_pod_the_guard_then_leaves_alone(
+    depth: int, value: object, gpu_in_init: bool
+) -> None:
+    # Whatever JSON sits at any level of the affinity, the guard names a bad field or returns a
+    # patch that applies and whose result it does not change again.
+    affinity: Any = value
+    for key in reversed(_affinity_levels[:depth]):
+        affinity = {key: affinity}
+    pod = plain_gpu_pod(affinity=affinity)
+    if gpu_in_init:
+        pod["spec"]["initContainers"] = pod["spec"]["containers"]
+        pod["spec"]["containers"] = [{"name": "main", "image": "app:1"}]
+    try:
+        once = guarded(pod)
+    except GuardSkipped:
+        return
+    assert admits(once, {"gvirtus.io/frontend.allowed": "true"}) is False
+    assert patch_of(once) == []
