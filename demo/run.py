@@ -5,10 +5,11 @@ that answers the headless backend Service with three ready backend pods, and the
 ``gvirtus-webhook`` console script with the chart's default placement (``controller``). Each
 example is sent to ``/mutate`` the way the API server would send the pod it is about to create;
 the decision, the warnings, the mutated pod (as a diff) and the DNS queries it cost are printed:
-mount-strategy pods are gated for the placement controller without a lookup, the sed pod is pinned
-at admission to one backend pod found by DNS. Then no backend is ready: the sed pod is refused,
-a gated pod is still admitted. Last, the same pod with the controller disabled (``dns``
-placement), and the offline injector. Everything started is stopped at the end.
+every pod, mount or sed, is gated for the placement controller without a lookup (the sed wrapper
+reads the address the controller will write, from a downward-API variable). Then no backend is
+ready: gated pods are still admitted, to wait. Last, the controller disabled (``dns`` placement):
+both pods are pinned at admission to a backend pod found by DNS, and refused while none is ready;
+and the offline injector. Everything started is stopped at the end.
 """
 
 from __future__ import annotations
@@ -253,10 +254,8 @@ def main() -> int:
             heading("no backend pod is ready (the headless Service has no records)")
             dns.set_nxdomain(BACKEND_HOST)
             time.sleep(DNS_TTL_SECONDS + 0.2)  # let the cached addresses expire
-            print("the sed pod, whose command is fixed at creation, cannot wait:")
+            print("mount and sed pods are gated as before: no lookup, so nothing to fail")
             submit(webhook, client, sed, dns)
-            print("a mount pod is gated as before: no lookup, so nothing to fail")
-            submit(webhook, client, first, dns)
 
         heading("controller.enabled=false: placement dns pins every pod at admission")
         dns.set_a(BACKEND_HOST, *BACKEND_PODS, ttl=DNS_TTL_SECONDS)
@@ -265,6 +264,11 @@ def main() -> int:
         pinning.wait_ready(client_context(ca))
         with api_server_client(client_context(ca)) as client:
             submit(pinning, client, first, dns)
+            submit(pinning, client, sed, dns)
+            heading("placement dns, no backend pod ready: a pod cannot wait, so it is refused")
+            dns.set_nxdomain(BACKEND_HOST)
+            time.sleep(DNS_TTL_SECONDS + 0.2)
+            submit(pinning, client, sed, dns)
         show_injector(EXAMPLES / "gpu-pod.yaml")
         return 0
     finally:

@@ -272,11 +272,20 @@ def test_webhook_and_controller_build_the_same_frontend_config(scenario: str | N
     webhook = env_of(manifests.one("Deployment", "webhook"))
     controller = env_of(manifests.one("Deployment", "controller"))
     assert controller["GVIRTUS_KAI_PLUGINS"] == webhook["GVIRTUS_KAI_PLUGINS"]
+    assert controller["GVIRTUS_KAI_FRONTEND_THREADS"] == webhook["GVIRTUS_KAI_FRONTEND_THREADS"]
     assert controller["GVIRTUS_KAI_ENABLE_LABEL"] == webhook["GVIRTUS_KAI_ENABLE_LABEL"]
     hook = manifests.one("MutatingWebhookConfiguration")["webhooks"][0]
     assert hook["objectSelector"] == {
         "matchLabels": {controller["GVIRTUS_KAI_ENABLE_LABEL"]: "true"}
     }
+
+
+def test_the_thread_count_reaches_both_writers_of_the_frontend_config() -> None:
+    manifests = render(values={"webhook.frontendThreads": 48})
+    for component in ("webhook", "controller"):
+        assert (
+            env_of(manifests.one("Deployment", component))["GVIRTUS_KAI_FRONTEND_THREADS"] == "48"
+        )
 
 
 @pytest.mark.parametrize("values", [{}, {"backend.containerPort": 7777, "clusterDomain": "x.y"}])

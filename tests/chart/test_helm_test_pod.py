@@ -41,7 +41,7 @@ def test_test_pod_is_a_helm_test_hook_running_the_check_script() -> None:
     [
         (None, False),
         ("controller-disabled-values.yaml", True),
-        ("sed-strategy-values.yaml", True),  # sed pods are pinned at admission even with it
+        ("sed-strategy-values.yaml", False),  # sed pods are gated for the controller too
     ],
 )
 def test_test_pod_accepts_a_no_backend_refusal_only_where_pods_are_pinned_by_dns(

@@ -144,12 +144,17 @@ def test_the_default_notes_explain_the_gated_wait_and_the_checks() -> None:
     assert "helm test gvirtus-kai -n gvirtus-system" in notes
 
 
-def test_sed_with_the_controller_says_sed_pods_are_pinned_by_dns() -> None:
+def test_sed_with_the_controller_says_pods_wait_gated_as_mount_pods_do() -> None:
     notes = render_notes(scenario="sed-strategy-values.yaml")
-    assert (
-        "pinned at\n   admission from the DNS records of Service gvirtus-backend-headless" in notes
-    )
-    assert "scheduling gate" not in notes
+    assert "The pod waits (Pending, scheduling gate gvirtus.io/backend)" in notes
+    assert "(sed strategy by default)" in notes
+    assert "DNS records" not in notes
+
+
+def test_the_notes_say_how_many_cuda_threads_a_program_may_use() -> None:
+    notes = render_notes(values={"webhook": {"frontendThreads": 48}})
+    assert "Its frontend config serves 48 CUDA threads per program" in notes
+    assert "annotation gvirtus.io/threads for more" in notes
 
 
 def test_without_the_controller_every_pod_is_pinned_at_admission() -> None:

@@ -154,6 +154,9 @@ def test_schema_rejects_an_unknown_top_level_key() -> None:
         ("controller.replicaCount", 0),
         ("controller.maxPodsPerBackend", -1),
         ("webhook.preStopSleepSeconds", -1),
+        ("webhook.frontendThreads", 0),
+        ("webhook.frontendThreads", 513),  # the services refuse more: keep the chart in step
+        ("webhook.frontendThreads", "32"),
         ("backend.service.name", "a-backend-service-name-that-leaves-no-room-for-headless"),
         ("networkPolicy.metricsNamespaceSelector", {"namespaces": ["monitoring"]}),
     ],
