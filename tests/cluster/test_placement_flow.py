@@ -9,9 +9,13 @@ ready endpoints, as CoreDNS would.
   pod's IP and container port and removes the gate, and kube-scheduler binds the pod to a
   frontend node, never before the address is on the pod;
 - with two ready backends, pods are spread over both (``leastPods``);
-- a sed pod is pinned at admission through DNS, and refused while no backend is ready;
+- a sed pod is gated and released the same way, its wrapper reading the address the controller
+  writes from a downward-API variable;
+- ``maxPodsPerBackend`` and ``sameZone`` hold for a mix of mount and sed pods;
 - a KAI-Scheduler pod gets the same gate and the same release (no KAI scheduler runs here, so it
-  stays unbound).
+  stays unbound);
+- with the controller disabled, the webhook pins pods (sed and mount) at admission through DNS,
+  and refuses them while no backend is ready.
 
 The backends get addresses no other module uses: pods left pinned by earlier modules name other
 addresses, so they count as load on no backend here.
@@ -44,6 +48,11 @@ from tests.cluster.release import (
 NAMESPACE = "placement-flow"
 GATE = "gvirtus.io/backend"
 BACKEND_ANNOTATION = "gvirtus.io/backend"
+ZONE = "topology.kubernetes.io/zone"
+SED: dict[str, Any] = {
+    "annotations": {"gvirtus.io/strategy": "sed"},
+    "command": ["python3", "train.py"],
+}
 CONTAINER_PORT = "9999"  # the chart's backend.containerPort
 # Opted in as a second backend for the spreading test (the labeler is not running to undo it).
 SECOND_BACKEND_NODE = "gpu-not-opted-in"
@@ -119,8 +128,27 @@ class Flow:
         self.cluster.publish_service(*self.headless)
         return expected
 
+    def ready_zones(self) -> set[str | None]:
+        namespace, name = self.headless
+        return {
+            endpoint.zone
+            for endpoint_slice in self.cluster.client.list(
+                EndpointSlice, namespace=namespace, labels={"kubernetes.io/service-name": name}
+            )
+            for endpoint in endpoint_slice.endpoints or []
+        }
+
     def pod(self, name: str) -> Pod:
         return self.cluster.client.get(Pod, name, namespace=NAMESPACE)
+
+    def pinned(self) -> dict[str, str]:
+        """Released pods of the namespace that are not terminating: name -> backend address."""
+        pinned = {}
+        for pod in self.cluster.client.list(Pod, namespace=NAMESPACE):
+            assert pod.metadata is not None
+            if pod.metadata.deletionTimestamp is None and GATE not in gates(pod):
+                pinned[str(pod.metadata.name)] = pinned_address(pod)
+        return pinned
 
     def create(self, name: str, dry_run: bool = False, **spec: Any) -> Pod:
         pod = Pod(
@@ -180,18 +208,44 @@ def annotations_of(pod: Pod) -> dict[str, str]:
 
 
 def pinned_address(pod: Pod) -> str:
-    """The backend the pod names, checked against its frontend config."""
+    """The backend the pod names, checked against the frontend config its containers read."""
     value: str = annotations_of(pod)[BACKEND_ANNOTATION]
     address, _, port = value.rpartition(":")
     assert port == CONTAINER_PORT
-    endpoint = json.loads(annotations_of(pod)[PROPERTIES_ANNOTATION])["communicator"][0]["endpoint"]
-    assert (endpoint["server_address"], endpoint["port"]) == (address, CONTAINER_PORT)
+    if is_sed(pod):
+        assert_reads_the_backend_annotation(pod)
+    else:
+        config = json.loads(annotations_of(pod)[PROPERTIES_ANNOTATION])
+        endpoints = {json.dumps(entry["endpoint"]) for entry in config["communicator"]}
+        assert [json.loads(e) for e in endpoints] == [
+            {"suite": "tcp/ip", "protocol": "tcp", "server_address": address, "port": port}
+        ]
     return address
 
 
-def label_node(cluster: Cluster, node: str, value: str) -> None:
+def is_sed(pod: Pod) -> bool:
+    assert pod.spec is not None
+    return (pod.spec.containers[0].command or [])[:2] == ["/bin/sh", "-c"]
+
+
+def assert_reads_the_backend_annotation(pod: Pod) -> None:
+    """A sed container: wrapped, with no address of its own, and the variable the kubelet fills
+    from the pod's backend annotation when the container starts."""
+    assert pod.spec is not None
+    [app] = pod.spec.containers
+    command = app.command or []
+    assert command[4:] == ["python3", "train.py"]
+    assert "server_address" in command[2]
+    assert not any(address in command[2] for address in ADDRESSES.values())
+    [variable] = [e for e in app.env or [] if e.name == "GVIRTUS_KAI_BACKEND"]
+    assert variable.valueFrom is not None
+    assert variable.valueFrom.fieldRef is not None
+    assert variable.valueFrom.fieldRef.fieldPath == f"metadata.annotations['{BACKEND_ANNOTATION}']"
+
+
+def label_node(cluster: Cluster, node: str, value: str | None, key: str = BACKEND) -> None:
     cluster.client.patch(
-        Node, node, {"metadata": {"labels": {BACKEND: value}}}, patch_type=PatchType.MERGE
+        Node, node, {"metadata": {"labels": {key: value}}}, patch_type=PatchType.MERGE
     )
 
 
@@ -303,45 +357,107 @@ def test_with_two_ready_backends_pods_are_spread_over_both(flow_clean: Flow) -> 
     assert nodes <= FRONTEND_NODES
 
 
-def test_a_sed_pod_is_pinned_at_admission_through_dns(flow_clean: Flow) -> None:
-    flow = flow_clean
-    [address] = flow.backends_ready("gpu-backend")
-
-    pod = flow.create(
-        "sed-job",
-        annotations={"gvirtus.io/strategy": "sed"},
-        command=["python3", "train.py"],
-    )
-
-    assert gates(pod) == []  # its command is fixed at creation: no waiting for the controller
-    assert annotations_of(pod)[BACKEND_ANNOTATION] == f"{address}:{CONTAINER_PORT}"
-    assert pod.spec is not None
-    command = pod.spec.containers[0].command or []
-    assert command[:2] == ["/bin/sh", "-c"]
-    assert f'"server_address": "{address}"' in command[2]
-    assert f'"port": "{CONTAINER_PORT}"' in command[2]
-    assert command[4:] == ["python3", "train.py"]
-    assert flow.cluster.scheduled_node(NAMESPACE, "sed-job") in FRONTEND_NODES
-
-
-def test_a_sed_pod_is_refused_while_no_backend_is_ready(flow_clean: Flow) -> None:
+def test_a_sed_pod_waits_gated_and_is_released_like_a_mount_pod(flow_clean: Flow) -> None:
     flow = flow_clean
     flow.backends_ready()
 
-    def refusal() -> str | None:
-        try:
-            flow.create(
-                "sed-refused",
-                dry_run=True,
-                annotations={"gvirtus.io/strategy": "sed"},
-                command=["python3", "train.py"],
-            )
-        except ApiError as error:
-            return error.status.message or str(error)
-        return None  # the webhook still holds the last answer, for the record's 1 s TTL
+    created = flow.create("sed-job", **SED)
 
-    message = wait_until(refusal, "the sed pod to be refused")
-    assert f"no ready GVirtuS backend was found behind {flow.backend_host}" in message
+    assert gates(created) == [GATE]  # no DNS lookup at admission
+    assert BACKEND_ANNOTATION not in annotations_of(created)
+    assert_reads_the_backend_annotation(created)
+    wait_until(lambda: flow.events("sed-job", "WaitingForBackend"), "a WaitingForBackend event")
+
+    [address] = flow.backends_ready("gpu-backend")
+
+    assert pinned_address(flow.wait_released("sed-job")) == address
+    assert flow.cluster.scheduled_node(NAMESPACE, "sed-job") in FRONTEND_NODES
+    assert created.metadata is not None
+    assert_address_before_binding(flow, "sed-job", str(created.metadata.resourceVersion), address)
+
+
+@pytest.fixture
+def zoned_flow(flow: Flow) -> Iterator[Flow]:
+    """Both GPU nodes backends in zones a and b, the controller restarted with policy sameZone and
+    maxPodsPerBackend 2."""
+    cluster, release = flow.cluster, flow.release
+    flow.delete_pods()
+    zones = {"gpu-backend": "zone-a", SECOND_BACKEND_NODE: "zone-b"}
+    for node, zone in zones.items():
+        label_node(cluster, node, zone, ZONE)
+    label_node(cluster, SECOND_BACKEND_NODE, "true")
+    release.stop_controller()
+    release.upgrade({"controller.policy": "sameZone", "controller.maxPodsPerBackend": 2})
+    release.start_controller()
+    try:
+        wait_until(lambda: SECOND_BACKEND_NODE in flow.backend_pods(), "a second backend pod")
+        flow.backends_ready()  # the slices are written again, now with the nodes' zones
+        flow.backends_ready(*zones)
+        wait_until(lambda: flow.ready_zones() == set(zones.values()), "zones on the endpoints")
+        yield flow
+    finally:
+        flow.delete_pods()
+        release.stop_controller()
+        release.upgrade({})
+        release.start_controller()
+        for node in zones:
+            label_node(cluster, node, None, ZONE)
+        label_node(cluster, SECOND_BACKEND_NODE, "false")
+
+
+def test_max_pods_per_backend_and_same_zone_hold_for_mount_and_sed_pods_alike(
+    zoned_flow: Flow,
+) -> None:
+    flow = zoned_flow
+    in_a: dict[str, Any] = {"nodeSelector": {ZONE: "zone-a"}}
+    a = ADDRESSES["gpu-backend"]
+    b = ADDRESSES[SECOND_BACKEND_NODE]
+
+    flow.create("a-mount", **in_a)
+    flow.create("a-sed", **in_a, **SED)
+    assert {pinned_address(flow.wait_released(n)) for n in ("a-mount", "a-sed")} == {a}
+
+    flow.create("a-sed-late", **in_a, **SED)  # backend a is full, b is in another zone
+    [reason, *_] = wait_until(
+        lambda: flow.events("a-sed-late", "WaitingForBackend"), "a-sed-late told why it waits"
+    )
+    assert reason == "all 1 backends full (maxPodsPerBackend=2)"
+
+    flow.create("free-sed", **SED)
+    flow.create("free-mount")
+    for name in ("free-sed", "free-mount"):
+        released = flow.wait_released(name)
+        assert pinned_address(released) == b  # the one with room
+        assert required_zones(released) == {"zone-b"}  # sameZone: the pod runs near it
+
+    flow.create("free-late", **SED)
+    [reason, *_] = wait_until(
+        lambda: flow.events("free-late", "WaitingForBackend"), "free-late told why it waits"
+    )
+    assert reason == "all 2 backends full (maxPodsPerBackend=2)"
+    assert flow.released("a-sed-late") is None
+
+    flow.cluster.client.delete(Pod, "a-mount", namespace=NAMESPACE)
+
+    # The freed slot goes to the older waiting pod, which may use it; the other still waits.
+    assert pinned_address(flow.wait_released("a-sed-late")) == a
+    assert flow.released("free-late") is None
+    assert Counter(flow.pinned().values()) == {a: 2, b: 2}
+
+
+def required_zones(pod: Pod) -> set[str]:
+    assert pod.spec is not None
+    assert pod.spec.affinity is not None
+    assert pod.spec.affinity.nodeAffinity is not None
+    required = pod.spec.affinity.nodeAffinity.requiredDuringSchedulingIgnoredDuringExecution
+    assert required is not None
+    return {
+        value
+        for term in required.nodeSelectorTerms
+        for expression in term.matchExpressions or []
+        if expression.key == ZONE
+        for value in expression.values or []
+    }
 
 
 def test_a_kai_scheduler_pod_gets_the_same_gate_and_release(flow_clean: Flow) -> None:
@@ -360,3 +476,52 @@ def test_a_kai_scheduler_pod_gets_the_same_gate_and_release(flow_clean: Flow) ->
     assert released.spec is not None
     assert released.spec.schedulerName == "kai-scheduler"
     assert released.spec.nodeName is None  # kube-scheduler leaves it to KAI, which is not here
+
+
+@pytest.fixture
+def dns_flow(flow: Flow) -> Iterator[Flow]:
+    """The release upgraded to ``controller.enabled: false``: the webhook (placement dns) pins
+    every pod at admission and no controller runs."""
+    release = flow.release
+    flow.delete_pods()
+    release.stop_controller()
+    release.upgrade({"controller.enabled": False})
+    release.restart_webhook()
+    try:
+        yield flow
+    finally:
+        flow.delete_pods()
+        release.upgrade({})
+        release.restart_webhook()
+        release.start_controller()
+
+
+@pytest.mark.parametrize("strategy", ["mount", "sed"])
+def test_without_the_controller_a_pod_is_pinned_at_admission_through_dns(
+    dns_flow: Flow, strategy: str
+) -> None:
+    flow = dns_flow
+    [address] = flow.backends_ready("gpu-backend")
+
+    pod = flow.create(f"{strategy}-dns", **(SED if strategy == "sed" else {}))
+
+    assert gates(pod) == []  # nobody would release a gate
+    assert pinned_address(pod) == address
+    assert flow.cluster.scheduled_node(NAMESPACE, f"{strategy}-dns") in FRONTEND_NODES
+
+
+def test_without_the_controller_a_pod_is_refused_while_no_backend_is_ready(
+    dns_flow: Flow,
+) -> None:
+    flow = dns_flow
+    flow.backends_ready()
+
+    def refusal() -> str | None:
+        try:
+            flow.create("refused", dry_run=True, **SED)
+        except ApiError as error:
+            return error.status.message or str(error)
+        return None  # the webhook still holds the last answer, for the record's 1 s TTL
+
+    message = wait_until(refusal, "the pod to be refused")
+    assert f"no ready GVirtuS backend was found behind {flow.backend_host}" in message

@@ -34,10 +34,10 @@ def example_objects(path: Path) -> list[dict[str, Any]]:
 
 
 def assert_pinned_and_placed(cluster: Cluster, pod: Pod, backends: list[str]) -> None:
-    """Where every GVirtuS pod ends up: bound to a frontend node, its frontend configuration
-    naming one of the ready ``backends`` - as a projected annotation (mount; with the placement
-    controller, written when it released the pod's scheduling gate) or in the wrapped command
-    (sed, pinned at admission)."""
+    """Where every GVirtuS pod ends up: bound to a frontend node, pinned to one of the ready
+    ``backends`` (with the placement controller, written when it released the pod's scheduling
+    gate), its containers reading that address when they start - as a projected annotation
+    (mount) or through the variable the sed wrapper turns into the config."""
     assert pod.metadata is not None
     assert pod.metadata.name is not None
     name = pod.metadata.name
@@ -49,17 +49,20 @@ def assert_pinned_and_placed(cluster: Cluster, pod: Pod, backends: list[str]) ->
     assert (pod.spec.nodeSelector or {}).get(FRONTEND) == "true", name
     assert not pod.spec.schedulingGates, name
     annotations = pod.metadata.annotations or {}
-    if PROPERTIES_ANNOTATION in annotations:
-        endpoint = json.loads(annotations[PROPERTIES_ANNOTATION])["communicator"][0]["endpoint"]
-        assert endpoint["protocol"] == "tcp", name
-        assert endpoint["server_address"] in backends, name
-        env = {e.name for c in pod.spec.containers for e in c.env or []}
-        assert "GVIRTUS_CONFIG" in env, name
-    else:
-        commands = [c.command or [] for c in pod.spec.containers]
-        scripts = [command[2] for command in commands if command[:2] == ["/bin/sh", "-c"]]
-        assert scripts, name
-        assert any(backend in scripts[0] for backend in backends), name
+    address = annotations.get("gvirtus.io/backend", "").rpartition(":")[0]
+    assert address in backends, name
+    env = {e.name for c in pod.spec.containers for e in c.env or []}
+    assert "GVIRTUS_CONFIG" in env, name
+    wrapped = [c for c in pod.spec.containers if (c.command or [])[:2] == ["/bin/sh", "-c"]]
+    for container in wrapped:  # sed
+        [variable] = [e for e in container.env or [] if e.name == "GVIRTUS_KAI_BACKEND"]
+        assert variable.valueFrom is not None, name
+        assert variable.valueFrom.fieldRef is not None, name
+        path = variable.valueFrom.fieldRef.fieldPath
+        assert path == "metadata.annotations['gvirtus.io/backend']", name
+    if not wrapped:  # mount
+        config = json.loads(annotations[PROPERTIES_ANNOTATION])
+        assert {e["endpoint"]["server_address"] for e in config["communicator"]} == {address}, name
 
 
 def created_pods(cluster: Cluster, namespace: str, labels: dict[str, str], count: int) -> list[Pod]:
