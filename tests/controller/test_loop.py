@@ -10,6 +10,7 @@ from gvirtus_kai_common.gvirtus import (
     BACKEND_ANNOTATION,
     BACKEND_GATE,
     PROPERTIES_ANNOTATION,
+    THREADS_ANNOTATION,
     properties_json,
 )
 from lightkube import AsyncClient
@@ -509,3 +510,39 @@ async def counted(controllers: list[Running], expected: int) -> float:
 
     await eventually(reached, f"{expected} assignments counted")
     return await total()
+
+
+async def test_the_threads_annotation_sets_the_entries_the_controller_writes(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.9.1")]))
+    await start_controller(frontend_threads=5)
+    await client.create(gated_pod(scene, "default"))
+    await client.create(gated_pod(scene, "three", annotations={THREADS_ANNOTATION: "3"}))
+
+    for name, threads in (("default", 5), ("three", 3)):
+        await assigned(client, scene, name)
+        pod = await client.get(Pod, name, namespace=scene.apps)
+        assert pod.metadata is not None
+        properties = (pod.metadata.annotations or {})[PROPERTIES_ANNOTATION]
+        assert properties == properties_json("10.1.9.1", 9999, ["cudart", "cublas"], threads)
+
+
+async def test_a_pod_whose_threads_annotation_turned_bad_waits_saying_so(
+    client: AsyncClient, scene: Scene, start_controller: StartController
+) -> None:
+    # The webhook refuses a bad value at CREATE; annotations may still change while gated.
+    await client.create(backend_slice(scene, "s1", [Ready("10.1.9.2")]))
+    await start_controller()
+    await client.create(gated_pod(scene, "bad", annotations={THREADS_ANNOTATION: "many"}))
+    await client.create(gated_pod(scene, "good"))
+
+    assert await assigned(client, scene, "good") == "10.1.9.2:9999"
+    [message] = await told(client, scene, "bad", "WaitingForBackend")
+    assert message.startswith(f"annotation {THREADS_ANNOTATION}='many' must be a whole number")
+    assert await backend_of(client, scene, "bad") is None
+
+    fixed = {"metadata": {"annotations": {THREADS_ANNOTATION: "8"}}}
+    await client.patch(Pod, "bad", fixed, namespace=scene.apps, patch_type=PatchType.MERGE)
+
+    assert await assigned(client, scene, "bad") == "10.1.9.2:9999"
