@@ -4,8 +4,8 @@ Runs in the webhook image with the Python standard library only.
 Usage: webhook-check.py URL ENABLE_LABEL GPU_RESOURCE (--ca-file PATH | --ca-b64 BASE64)
                         [--dns-placement BACKEND_HOST]
 The URL host must be a name in the serving certificate, as the API server uses it. When the release
-has no placement controller, pods are pinned at admission from the DNS records of BACKEND_HOST, and a
-cluster without a ready backend makes the webhook refuse the pod naming that Service: with
+has no placement controller, pods are pinned at admission from the DNS records of BACKEND_HOST, and
+a cluster without a ready backend makes the webhook refuse the pod naming that Service: with
 --dns-placement that refusal passes too.
 """
 
