@@ -291,6 +291,8 @@ root = "{root / "root"}"
 state = "{root / "state"}"
 
 imports = []
+# NRI listens on one fixed host path; nodes would fight over it, and nothing here uses it.
+disabled_plugins = ["io.containerd.nri.v1.nri"]
 
 [plugins.'io.containerd.server.v1.grpc']
   address = "{self.containerd_socket}"
