@@ -63,10 +63,22 @@ tools: $(VENV_STAMP) $(GO_BINS) $(NODE_BINS) node-debs $(CHECKOV_VENV)/.installe
 demo: $(VENV_STAMP) ## the webhook over TLS and DNS mutating the examples/ pods
 	$(BIN)/python demo/run.py
 
-test: lint pytest ## every check and test suite (what CI runs)
+test: lint pytest e2e-nodes ## every check and test suite (what CI runs)
 
-pytest: $(VENV_STAMP) $(GO_BINS) $(CHECKOV_VENV)/.installed ## the test suites only (no lint)
-	$(BIN)/pytest
+# What the real-node tier needs: node binaries, Debian packages and the images.
+NODE_TIER := $(VENV_STAMP) $(GO_BINS) $(NODE_BINS) node-debs images
+
+pytest: $(NODE_TIER) $(CHECKOV_VENV)/.installed ## the test suites, real-node tier included (no lint)
+	$(BIN)/pytest --ignore=tests/e2e
+
+e2e-nodes: $(NODE_TIER) ## the e2e suite against real nodes brought up (and removed) on this machine
+	$(BIN)/python -m tests.node.e2e
+
+cluster: $(NODE_TIER) ## a control plane and real nodes here, with the chart from the working tree
+	$(BIN)/python -m tests.node.cluster up --install
+
+cluster-down: $(VENV_STAMP) ## remove everything `make cluster` started
+	$(BIN)/python -m tests.node.cluster down
 
 e2e: $(VENV_STAMP) $(TOOLS)/helm $(TOOLS)/kubectl ## end-to-end suite against the cluster in KUBECONFIG (installs the chart)
 	$(BIN)/pytest tests/e2e -m e2e -v

@@ -12,7 +12,7 @@ nodes (``node.Node``), a cluster DNS and the project's images in each node's con
 The test session (``tests/node/conftest.py``) and ``make cluster`` both call ``up``; ``down``
 removes everything (``host.clean``). Run as a process::
 
-    python -m tests.node.cluster up [--instance N]     # prints the export KUBECONFIG=... line
+    python -m tests.node.cluster up [--instance N] [--install]  # prints export KUBECONFIG=...
     python -m tests.node.cluster down [--instance N]
 """
 
@@ -31,7 +31,7 @@ from lightkube.resources.core_v1 import Node as NodeObject
 from lightkube.types import PatchType
 
 from tests.cluster.controlplane import ROOT, ControlPlane
-from tests.node import host
+from tests.node import chart, host
 from tests.node.node import Node
 
 FRONTEND_NODE = "gvirtus-frontend"
@@ -81,9 +81,10 @@ class NodeCluster:
         host.clean(self.instance)
 
 
-def up(number: int = 0, persistent: bool = False) -> NodeCluster:
-    """Start (after removing whatever an earlier run of the instance left) and wait until both
-    nodes are Ready. ``persistent``: the processes outlive this one (``make cluster``)."""
+def up(number: int = 0, persistent: bool = False, backends: bool = True) -> NodeCluster:
+    """Start (after removing whatever an earlier run of the instance left) and wait until every
+    node is Ready. ``persistent``: the processes outlive this one (``make cluster``).
+    ``backends`` False leaves the GPU nodes as plain nodes (no GPU, not opted in)."""
     archives = image_archives()
     instance = host.Instance(number)
     host.clean(instance)
@@ -109,7 +110,7 @@ def up(number: int = 0, persistent: bool = False) -> NodeCluster:
         with concurrent.futures.ThreadPoolExecutor(len(nodes)) as pool:
             list(pool.map(lambda node: node.start(archives), nodes.values()))
         wait_ready(cluster, NODE_NAMES)
-        for name in GPU_NODES:
+        for name in GPU_NODES if backends else ():
             prepare_gpu_node(cluster.client(), name)
     except BaseException:
         if not persistent:
@@ -167,6 +168,7 @@ def main() -> None:
     )
     parser.add_argument("action", choices=("up", "down"))
     parser.add_argument("--instance", type=int, default=1)
+    parser.add_argument("--install", action="store_true", help="install the chart (local images)")
     options = parser.parse_args()
     if options.action == "down":
         host.clean(host.Instance(options.instance))
@@ -175,6 +177,9 @@ def main() -> None:
     cluster = up(options.instance, persistent=True)
     for node in cluster.nodes.values():
         print(f"node {node.describe()}")
+    if options.install:
+        chart.install(cluster.kubeconfig)
+        print(f"chart installed: release {chart.RELEASE} in namespace {chart.NAMESPACE}")
     print(f"export KUBECONFIG={cluster.kubeconfig}")
 
 

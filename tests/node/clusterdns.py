@@ -35,10 +35,13 @@ class ServiceResolver(BaseResolver):  # type: ignore[misc]
     def update(self, client: Client) -> None:
         ready: dict[tuple[str, str], list[str]] = {}
         for endpoint_slice in client.list(EndpointSlice, namespace="*"):
-            service = (endpoint_slice.metadata.labels or {}).get("kubernetes.io/service-name")
+            metadata = endpoint_slice.metadata
+            service = (
+                (metadata.labels or {}).get("kubernetes.io/service-name") if metadata else None
+            )
             if not service or endpoint_slice.addressType != "IPv4":
                 continue
-            namespace = endpoint_slice.metadata.namespace or ""
+            namespace = (metadata.namespace if metadata else None) or ""
             for endpoint in endpoint_slice.endpoints or []:
                 if endpoint.conditions is not None and endpoint.conditions.ready is False:
                     continue
@@ -89,7 +92,7 @@ def main() -> None:
         time.sleep(REFRESH_SECONDS)
         try:
             resolver.update(client)
-        except Exception as error:  # noqa: BLE001 - keep answering the last known records
+        except Exception as error:
             print(f"cluster DNS: refresh failed: {error}", flush=True)
 
 

@@ -134,15 +134,19 @@ class Kube:
     def wait_running(self, namespace: str, name: str, timeout: float = WAIT) -> Pod:
         return self.wait_pod(namespace, name, is_ready, "to run and be Ready", timeout)
 
-    def logs(self, namespace: str, name: str, container: str | None = None) -> str:
+    def logs(
+        self, namespace: str, name: str, container: str | None = None, check: bool = True
+    ) -> str:
+        """The container's log; with ``check`` False, empty while its kubelet cannot be asked."""
         args = ["logs", "-n", namespace, name] + (["-c", container] if container else [])
-        return self.kubectl(*args).stdout
+        return self.kubectl(*args, check=check).stdout
 
     def exec(self, namespace: str, name: str, container: str, *command: str) -> str:
         return self.kubectl("exec", "-n", namespace, name, "-c", container, "--", *command).stdout
 
     def node_of(self, pod: Pod) -> RealNode:
-        assert pod.spec is not None and pod.spec.nodeName, "pod not scheduled"
+        assert pod.spec is not None, "pod without a spec"
+        assert pod.spec.nodeName, "pod not scheduled"
         return self.cluster.nodes[pod.spec.nodeName]
 
     def container_pid(self, pod: Pod, container: str) -> int:

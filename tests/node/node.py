@@ -89,7 +89,7 @@ class Daemon:
 
 @dataclass
 class Node:
-    """A node of ``instance`` named ``name`` (its index picks its addresses), joined to ``plane``."""
+    """A node of ``instance`` called ``name`` (its index picks its addresses), in ``plane``."""
 
     instance: Instance
     name: str

@@ -19,7 +19,8 @@ def test_every_node_is_ready_by_its_own_kubelet_and_untainted(kube: Kube) -> Non
     for name in NODE_NAMES:
         node = kube.node_object(name)
         assert node_ready(node), name
-        assert node.status is not None and node.status.nodeInfo is not None
+        assert node.status is not None
+        assert node.status.nodeInfo is not None
         assert node.status.nodeInfo.kubeletVersion.startswith("v1.")
         assert node.status.nodeInfo.containerRuntimeVersion.startswith("containerd://2.")
         ready = next(c for c in node.status.conditions or [] if c.type == "Ready")
@@ -34,19 +35,21 @@ def test_every_component_runs_from_its_image_and_is_ready_through_its_probes(
         pods = release.component_pods(component)
         assert pods, f"no {component} pod"
         for pod in pods:
-            assert is_ready(pod), f"{component} pod {pod.metadata.name} is not Ready"
-            assert pod.spec is not None and pod.status is not None
+            assert is_ready(pod), f"{component} pod {pod.metadata} is not Ready"
+            assert pod.spec is not None
+            assert pod.status is not None
             for container in pod.spec.containers:
                 if component != "backend":
                     assert container.readinessProbe is not None, (component, container.name)
-                assert container.image.startswith("localhost/gvirtus-kai-"), container.image
+                assert (container.image or "").startswith("localhost/gvirtus-kai-"), container.image
             for status in pod.status.containerStatuses or []:
-                assert status.ready and status.restartCount == 0, (component, status)
+                assert status.ready, (component, status)
+                assert status.restartCount == 0, (component, status)
 
 
 def test_components_run_where_the_chart_places_them(release: Kube) -> None:
     def nodes_of(component: str) -> set[str]:
-        return {p.spec.nodeName for p in release.component_pods(component) if p.spec}
+        return {p.spec.nodeName or "" for p in release.component_pods(component) if p.spec}
 
     assert nodes_of("labeler") == set(NODE_NAMES)
     assert nodes_of("device-plugin") == {FRONTEND_NODE}

@@ -13,7 +13,7 @@ from lightkube.resources.core_v1 import Event
 
 from tests.node.cluster import FRONTEND_NODE
 from tests.node.kube import Kube, wait_until
-from tests.node.workloads import RunningPod, example_pods, load_standin_examples
+from tests.node.workloads import RunningPod, all_connected, example_pods, load_standin_examples
 
 FRONTEND = "gvirtus.io/frontend.allowed"
 THREADS = 4  # a multi-threaded CUDA program: every thread opens its own connection
@@ -58,7 +58,7 @@ def run_example(kube: Kube, name: str) -> list[RunningPod]:
 def test_example_pod_is_pinned_runs_on_the_frontend_and_reaches_only_its_backend(
     release: Kube, example: str
 ) -> None:
-    backends = {p.status.podIP for p in release.backend_pods() if p.status}
+    backends = {p.status.podIP or "" for p in release.backend_pods() if p.status}
     assert len(backends) == 2, "both GPU nodes serve a ready backend"
     for pod in run_example(release, example):
         node_labels = release.node_object(pod.node).metadata.labels or {}  # type: ignore[union-attr]
@@ -66,7 +66,8 @@ def test_example_pod_is_pinned_runs_on_the_frontend_and_reaches_only_its_backend
         if example != "no-gpu-limit-pod.yaml":  # GPU pods need a virtual slot: the frontend node's
             assert pod.node == FRONTEND_NODE
         ip, _, port = pod.backend.partition(":")
-        assert ip in backends and port == BACKEND_PORT, pod.backend
+        assert ip in backends, pod.backend
+        assert port == BACKEND_PORT, pod.backend
         for container in pod.targets:
             config = config_in_container(release, pod, container)
             entries = config["communicator"]
@@ -77,11 +78,8 @@ def test_example_pod_is_pinned_runs_on_the_frontend_and_reaches_only_its_backend
             report = json.loads(release.logs(pod.namespace, pod.name, container).splitlines()[-1])
             assert report["connected"] == THREADS
 
-        def connected() -> list[dict[str, Any]] | None:
-            found = open_connections_from(release, ip, pod.ip)
-            return found if len(found) >= THREADS * len(pod.targets) else None
-
-        wait_until(connected, f"{pod.name}'s connections on backend {ip}")
+        connections = THREADS * len(pod.targets)
+        wait_until(all_connected(release, pod, ip, connections), f"{pod.name}'s connections")
         for other in backends - {ip}:
             assert not open_connections_from(release, other, pod.ip), f"{pod.name} reached {other}"
         events = release.client.list(
@@ -96,7 +94,8 @@ def test_sed_container_rewrote_its_own_config_at_start(release: Kube) -> None:
     spec = release.pod(pod.namespace, pod.name).spec
     assert spec is not None
     (wrapped,) = [c for c in spec.containers if c.name == container]
-    assert wrapped.command and wrapped.command[0] == "/bin/sh", "the command is wrapped"
+    assert wrapped.command, "the command is wrapped"
+    assert wrapped.command[0] == "/bin/sh", "the command is wrapped"
     assert not any(m.mountPath.endswith("properties.json") for m in wrapped.volumeMounts or [])
     config = config_in_container(release, pod, container)
     ip = pod.backend.partition(":")[0]

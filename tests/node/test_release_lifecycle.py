@@ -12,7 +12,7 @@ from tests.node import chart
 from tests.node.cluster import FRONTEND_NODE, NODE_NAMES
 from tests.node.kube import Kube, is_ready, wait_until
 from tests.node.test_node_agents import CDI_SPEC_DIR, DEFAULT_SLOTS, GPU, PLUGIN_SOCKET
-from tests.node.workloads import example_pods, load_standin_examples
+from tests.node.workloads import RunningPod, all_connected, example_pods, load_standin_examples
 
 THREADS = 2
 
@@ -31,9 +31,13 @@ def test_upgrade_with_another_slot_count_rolls_the_device_plugin_and_allocatable
     before = {p.metadata.uid for p in release.component_pods("device-plugin") if p.metadata}
     try:
         chart.install(release.kubeconfig, {"devicePlugin.deviceCount": 5}, upgrade=True)
-        release.wait_release_ready()
-        after = {p.metadata.uid for p in release.component_pods("device-plugin") if p.metadata}
-        assert after and not after & before, "the DaemonSet rolled its pod"
+
+        def rolled() -> bool:
+            pods = [p for p in release.component_pods("device-plugin") if p.metadata]
+            uids = {p.metadata.uid for p in pods}  # type: ignore[union-attr]
+            return bool(uids) and not uids & before and all(is_ready(p) for p in pods)
+
+        wait_until(rolled, "the DaemonSet to roll its pod")
         wait_until(lambda: release.allocatable(FRONTEND_NODE, GPU) == "5", "5 slots")
     finally:
         chart.install(release.kubeconfig, upgrade=True)
@@ -44,8 +48,13 @@ def test_upgrade_with_another_slot_count_rolls_the_device_plugin_and_allocatable
 def test_backend_loss_evicts_its_pods_and_their_replacements_connect_to_the_new_backend(
     release: Kube,
 ) -> None:
-    chart.install(release.kubeconfig, {"controller.onBackendLoss": "evict",
-                                        "controller.backendLossGraceSeconds": 1}, upgrade=True)  # fmt: skip
+    # One pod per backend, so the evicted pod's replacement has to wait for the new backend.
+    values = {
+        "controller.onBackendLoss": "evict",
+        "controller.backendLossGraceSeconds": 1,
+        "controller.maxPodsPerBackend": 1,
+    }
+    chart.install(release.kubeconfig, values, upgrade=True)
     try:
         release.wait_release_ready()
         (trainer,) = load_standin_examples("multi-container-deployment.yaml", THREADS)
@@ -53,44 +62,57 @@ def test_backend_loss_evicts_its_pods_and_their_replacements_connect_to_the_new_
         release.ensure_namespace("loss")
         release.apply([trainer])
         pods = example_pods(release, trainer)
-        lost_ip = pods[0].backend.partition(":")[0]
+        assert len({p.backend for p in pods}) == 2, "one pod on each backend"
+        victim, survivor = pods
+        lost_ip = victim.backend.partition(":")[0]
         (lost,) = [p for p in release.backend_pods() if p.status and p.status.podIP == lost_ip]
         assert lost.metadata is not None
+        assert lost.spec is not None
         release.kubectl("delete", "pod", "-n", chart.NAMESPACE, lost.metadata.name or "")
 
-        def replaced() -> list[Pod] | None:
-            current = [
-                p
-                for p in release.client.list(Pod, namespace="loss")
-                if is_ready(p) and p.metadata and not p.metadata.deletionTimestamp
-            ]
-            old = {p.name for p in pods if p.backend.startswith(lost_ip + ":")}
-            if any(p.metadata and p.metadata.name in old for p in current):
-                return None
-            return current if len(current) == len(pods) else None
+        def new_backend() -> str | None:
+            for pod in release.backend_pods():
+                if pod.spec and pod.spec.nodeName == lost.spec.nodeName:  # type: ignore[union-attr]
+                    ip = pod.status.podIP if pod.status else None
+                    return ip if ip and ip != lost_ip else None
+            return None
 
-        wait_until(replaced, "the lost backend's pods evicted and replaced", 180)
-        backends = {p.status.podIP for p in release.backend_pods() if p.status}
-        assert lost_ip not in backends or len(backends) == 2
-        for pod in example_pods(release, trainer):
-            ip = pod.backend.partition(":")[0]
-            assert ip != lost_ip or ip in backends
-            connections = [c for c in release.backend_connections(ip) if c["peer"][0] == pod.ip]
-            wait_until(
-                lambda ip=ip, pod=pod: (
-                    len([c for c in release.backend_connections(ip) if c["peer"][0] == pod.ip])
-                    >= THREADS
-                ),
-                f"{pod.name} connected to {ip}",
-            )
-            del connections
+        new_ip = wait_until(new_backend, "the DaemonSet's new backend pod, Ready")
+
+        def replaced() -> list[RunningPod] | None:
+            current = example_pods(release, trainer)
+            names = {p.name for p in current}
+            return current if victim.name not in names and survivor.name in names else None
+
+        current = wait_until(replaced, "the evicted pod replaced", 180)
+        (replacement,) = [p for p in current if p.name != survivor.name]
+        assert replacement.backend == f"{new_ip}:9999"
+        wait_until(
+            all_connected(release, replacement, new_ip, THREADS), "the replacement's connections"
+        )
     finally:
         release.kubectl("delete", "namespace", "loss", "--wait=false", check=False)
         chart.install(release.kubeconfig, upgrade=True)
         release.wait_release_ready()
 
 
+def gpu_pods(kube: Kube) -> list[str]:
+    """Pods on the frontend node that hold one of the device plugin's virtual GPUs."""
+    return [
+        f"{p.metadata.namespace}/{p.metadata.name}"
+        for p in kube.client.list(Pod, namespace="*", fields={"spec.nodeName": FRONTEND_NODE})
+        if p.metadata is not None and p.spec is not None
+        for c in p.spec.containers
+        if GPU in ((c.resources.limits or {}) if c.resources else {})
+    ]
+
+
 def test_uninstall_leaves_no_object_socket_or_cdi_spec_of_ours(release: Kube) -> None:
+    # An operator uninstalls once the GVirtuS workloads are gone: a pod still holding a virtual
+    # GPU keeps the CDI spec on its node (its container may restart and need it).
+    for namespace in {name.split("/")[0] for name in gpu_pods(release)}:
+        release.kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=1")
+    wait_until(lambda: not gpu_pods(release), "no pod holding a virtual GPU")
     chart.uninstall(release.kubeconfig)
     try:
 

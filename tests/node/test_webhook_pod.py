@@ -15,9 +15,11 @@ GATE = "gvirtus.io/backend"
 
 def test_the_api_server_reaches_the_webhook_pod_through_its_service(release: Kube) -> None:
     (webhook,) = release.component_pods("webhook")
-    assert webhook.status is not None and webhook.status.podIP
+    assert webhook.status is not None
+    assert webhook.status.podIP
     endpoints = release.kubectl(
-        "get", "endpointslices", "-n", NAMESPACE, "-l", "kubernetes.io/service-name=gvirtus-webhook",
+        "get", "endpointslices", "-n", NAMESPACE,
+        "-l", "kubernetes.io/service-name=gvirtus-webhook",
         "-o", "jsonpath={.items[*].endpoints[*].addresses[*]}",
     ).stdout.split()  # fmt: skip
     assert endpoints == [webhook.status.podIP]
@@ -39,7 +41,8 @@ def test_with_failure_policy_fail_and_no_webhook_pod_labelled_pods_are_refused(
             "create", "-f", "-", stdin=_yaml(gvirtus_pod("refused")), check=False
         )
         assert proc.returncode != 0
-        assert "gvirtus" in proc.stderr and "webhook" in proc.stderr, proc.stderr
+        assert "gvirtus" in proc.stderr, proc.stderr
+        assert "webhook" in proc.stderr, proc.stderr
         assert not list(release.client.list(Pod, namespace="default", labels={"refused": "x"}))
         # Unlabelled pods never reach the webhook, so they are not refused.
         plain = gvirtus_pod("unlabelled")

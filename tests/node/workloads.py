@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import copy
 import secrets
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -99,7 +99,9 @@ def example_pods(kube: Kube, document: Mapping[str, Any]) -> list[RunningPod]:
         pods = wait_until(all_ready, f"{replicas} ready pods of {document['metadata']['name']}")
     running = []
     for pod in pods:
-        assert pod.metadata is not None and pod.status is not None and pod.spec is not None
+        assert pod.metadata is not None
+        assert pod.status is not None
+        assert pod.spec is not None
         running.append(
             RunningPod(
                 namespace=namespace,
@@ -140,3 +142,22 @@ def gvirtus_pod(name: str, namespace: str = "default") -> dict[str, Any]:
             ],
         },
     }
+
+
+def all_connected(kube: Kube, pod: RunningPod, backend_ip: str, count: int) -> Callable[[], bool]:
+    """Whether the stand-in backend at ``backend_ip`` holds ``count`` open connections from the
+    pod's own address."""
+
+    def connected() -> bool:
+        return (
+            len(
+                [
+                    c
+                    for c in kube.backend_connections(backend_ip)
+                    if c["peer"][0] == pod.ip and c["open"]
+                ]
+            )
+            >= count
+        )
+
+    return connected
