@@ -53,7 +53,7 @@ class E2EConfig:
     image_repository_prefix: str | None
     image_tag: str | None
     timeout_seconds: float
-    values_files: tuple[Path, ...] = ()  # extra `helm install -f` files (E2E_VALUES, comma-separated)
+    values_files: tuple[Path, ...] = ()  # extra `helm install -f` files (E2E_VALUES, a,b)
 
     @classmethod
     def from_environ(cls, environ: Mapping[str, str]) -> E2EConfig:
