@@ -96,9 +96,9 @@ fmt: $(VENV_STAMP) ## format and autofix Python sources
 docs: $(VENV_STAMP) ## write the settings tables of docs/configuration.md from the Settings classes
 	$(BIN)/python docs/settings_tables.py
 
-bench: $(VENV_STAMP) $(GO_BINS) ## performance figures of every service next to their targets; fails on a miss
+bench: $(NODE_TIER) ## performance figures of every service next to their targets; fails on a miss
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-	@missed=0; for name in webhook mutation labeler device_plugin controller apiserver; do \
+	@missed=0; for name in webhook mutation labeler device_plugin controller apiserver nodes; do \
 	  $(BIN)/python bench/$$name.py || missed=1; \
 	done; exit $$missed
 
