@@ -9,8 +9,8 @@ BIN    := $(CURDIR)/$(VENV)/bin
 TOOLS  := $(CURDIR)/.tools/bin
 export PATH := $(TOOLS):$(BIN):$(PATH)
 
-SERVICES   := services/common services/webhook services/labeler services/device-plugin services/controller
-PY_SOURCES := services/common/src services/webhook/src services/labeler/src services/device-plugin/src services/controller/src tests bench demo docs
+SERVICES   := services/common services/webhook services/labeler services/device-plugin services/controller services/backend-agent
+PY_SOURCES := services/common/src services/webhook/src services/labeler/src services/device-plugin/src services/controller/src services/backend-agent/src tests bench demo docs
 
 VENV_STAMP  := $(VENV)/.installed
 CHECKOV_VENV := .tools/checkov

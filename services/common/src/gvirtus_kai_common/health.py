@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable, Coroutine, Mapping
 from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Counter, generate_latest
@@ -24,6 +24,10 @@ from gvirtus_kai_common.shutdown import run_until_stopped
 log = logging.getLogger(__name__)
 
 HealthCheck = Callable[[], bool]
+# An answer: status line text ("200 OK"), content type, body.
+Answer = tuple[str, str, bytes]
+# A read-only endpoint of a service's own, answered from what it already holds (no waiting).
+Route = Callable[[], Answer]
 
 MAX_HEAD_BYTES = 8 * 1024  # a probe or a scrape sends a few hundred bytes
 REQUEST_TIMEOUT_SECONDS = 5.0  # from connect to the answer written
@@ -38,6 +42,8 @@ class HealthServer:
     ``/healthz`` (liveness) is 200 when ``is_healthy()``, else 503; ``/readyz`` (readiness) the
     same for ``is_ready()``, which defaults to the health check: a process that can be alive but
     not yet useful, like a device plugin the kubelet has not accepted, passes both separately.
+    ``routes`` adds paths of the service's own and may replace the built-in ones (an answer
+    with a reason in place of the plain ``/readyz``); they are bounded like the rest.
     """
 
     def __init__(
@@ -48,6 +54,7 @@ class HealthServer:
         registry: CollectorRegistry | None = None,
         *,
         is_ready: HealthCheck | None = None,
+        routes: Mapping[str, Route] | None = None,
         max_connections: int = MAX_CONNECTIONS,
         request_timeout: float = REQUEST_TIMEOUT_SECONDS,
     ) -> None:
@@ -56,6 +63,7 @@ class HealthServer:
         self._is_healthy = is_healthy
         self._is_ready = is_ready if is_ready is not None else is_healthy
         self._registry = registry if registry is not None else CollectorRegistry()
+        self._routes = dict(routes or {})
         self._request_timeout = request_timeout
         refused = Counter(
             "gvirtus_health_connections_refused",
@@ -117,11 +125,17 @@ class HealthServer:
             self._limit.release()
             writer.close()
 
-    def _respond(self, request_line: bytes) -> tuple[str, str, bytes]:
+    def _respond(self, request_line: bytes) -> Answer:
         parts = request_line.decode("latin-1").split()
         if len(parts) < 2 or parts[0] not in ("GET", "HEAD"):
             return "405 Method Not Allowed", "text/plain", b"only GET\n"
         path = parts[1].split("?", 1)[0]
+        if path in self._routes:
+            try:
+                return self._routes[path]()
+            except Exception:
+                log.exception("endpoint failed", extra={"path": path})
+                return "500 Internal Server Error", "text/plain", b"failed\n"
         if path == "/healthz":
             if self._is_healthy():
                 return "200 OK", "text/plain", b"ok\n"

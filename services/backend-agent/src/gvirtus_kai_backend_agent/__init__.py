@@ -1,0 +1,1 @@
+"""GVirtuS-KAI backend agent: measures the GVirtuS backend from inside its pod."""
