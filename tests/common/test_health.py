@@ -274,3 +274,39 @@ async def test_an_oversized_request_line_is_dropped_and_the_server_keeps_serving
     assert answer.startswith(b"HTTP/1.1 431 ") or answer == b""
     status, _, _ = await _exchange(port, b"GET /healthz HTTP/1.1\r\n\r\n")
     assert status == "HTTP/1.1 200 OK"
+
+
+async def test_routes_of_the_service_answer_and_replace_a_built_in_path() -> None:
+    routes = {
+        "/load": lambda: ("200 OK", "application/json", b'{"n": 1}'),
+        "/readyz": lambda: ("503 Service Unavailable", "application/json", b'{"why": "x"}'),
+    }
+    server = HealthServer("127.0.0.1", 0, routes=routes)
+    await server.start()
+    try:
+        load = await _exchange(server.port, b"GET /load HTTP/1.1\r\n\r\n")
+        ready = await _exchange(server.port, b"GET /readyz HTTP/1.1\r\n\r\n")
+    finally:
+        await server.stop()
+
+    assert (load[0], load[1]["content-type"], load[2]) == (
+        "HTTP/1.1 200 OK",
+        "application/json",
+        b'{"n": 1}',
+    )
+    assert (ready[0], ready[2]) == ("HTTP/1.1 503 Service Unavailable", b'{"why": "x"}')
+
+
+async def test_a_failing_route_answers_500_and_the_server_keeps_serving() -> None:
+    def broken() -> tuple[str, str, bytes]:
+        raise OSError("table vanished")
+
+    server = HealthServer("127.0.0.1", 0, routes={"/load": broken})
+    await server.start()
+    try:
+        failed, _, _ = await _exchange(server.port, b"GET /load HTTP/1.1\r\n\r\n")
+        alive, _, _ = await _exchange(server.port, b"GET /healthz HTTP/1.1\r\n\r\n")
+    finally:
+        await server.stop()
+
+    assert (failed, alive) == ("HTTP/1.1 500 Internal Server Error", "HTTP/1.1 200 OK")
