@@ -25,11 +25,19 @@ from lightkube.resources.core_v1 import Pod
 from lightkube.resources.discovery_v1 import EndpointSlice
 from lightkube.types import PatchType
 
+from gvirtus_kai_controller.demand import Placeholders
 from gvirtus_kai_controller.events import EventRecorder
 from gvirtus_kai_controller.leader import LeaderElector
+from gvirtus_kai_controller.loadpoll import LoadPoller, Outcome
 from gvirtus_kai_controller.metrics import Metrics
 from gvirtus_kai_controller.objects import assignment_patch, pod_info, slice_endpoints
-from gvirtus_kai_controller.placement import Assignment, Backend, Placement, PodInfo
+from gvirtus_kai_controller.placement import (
+    Assignment,
+    Backend,
+    Placement,
+    PodInfo,
+    placeholders_needed,
+)
 from gvirtus_kai_controller.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -41,6 +49,8 @@ PARALLEL_WRITES = 16
 TICK_SECONDS = 1.0
 # Waiting pods are told why at most this often (one pass over the queue).
 TELL_INTERVAL_SECONDS = 0.5
+# Placeholders are brought to the demand at most this often.
+DEMAND_INTERVAL_SECONDS = 0.5
 EVICTION_RETRY_SECONDS = 10.0
 # On stop, writes in flight (patches, Events, evictions) get this long to be answered.
 STOP_GRACE_SECONDS = 3.0
@@ -74,9 +84,21 @@ class Controller:
         self.placement = Placement(
             settings.policy,
             settings.max_pods_per_backend,
+            max_clients_per_backend=settings.max_clients_per_backend,
             port_name=settings.backend_port_name,
         )
-        metrics.watch(self.placement, lambda: self.leading)
+        self._poller = LoadPoller(settings.load_timeout_seconds)
+        self._poll_outcomes: dict[str, Outcome] = {}
+        self.placeholders: Placeholders | None = None
+        if settings.demand_enabled:
+            self.placeholders = Placeholders(client, settings, metrics, self._api_errors)
+        placeholders = self.placeholders
+        metrics.watch(
+            self.placement,
+            lambda: self.leading,
+            lambda: placeholders.count if placeholders is not None else 0,
+        )
+        self._demand_at = -DEMAND_INTERVAL_SECONDS
         self._wake = asyncio.Event()
         self._writes = asyncio.Semaphore(PARALLEL_WRITES)
         self._tasks: set[asyncio.Task[Any]] = set()
@@ -121,7 +143,10 @@ class Controller:
                 self._pod_event,
             ).run(),
             self._reconcile_forever(),
+            self._poll_loads_forever(),
         ]
+        if self.placeholders is not None:
+            loops.append(self.placeholders.run())
         if self._elector is not None:
             loops.append(self._elector.run())
         self._running = [asyncio.ensure_future(loop) for loop in loops]
@@ -148,6 +173,7 @@ class Controller:
             await asyncio.gather(*unfinished, return_exceptions=True)
             if unfinished:
                 log.info("stopping with writes unfinished", extra={"writes": len(unfinished)})
+        await self._poller.close()
         if self._elector is not None:
             await self._elector.release()
 
@@ -188,9 +214,9 @@ class Controller:
         self._wake.set()
 
     async def _slices_listed(self, slices: list[EndpointSlice]) -> None:
-        port = self._settings.backend_port_name
+        port, agent = self._settings.backend_port_name, self._settings.agent_port_name
         endpoints = {
-            s.metadata.name: slice_endpoints(s, port)
+            s.metadata.name: slice_endpoints(s, port, agent)
             for s in slices
             if s.metadata and s.metadata.name
         }
@@ -205,7 +231,9 @@ class Controller:
         if event_type == "DELETED":
             gone = self.placement.remove_slice(name, now)
         else:
-            endpoints = slice_endpoints(endpoint_slice, self._settings.backend_port_name)
+            endpoints = slice_endpoints(
+                endpoint_slice, self._settings.backend_port_name, self._settings.agent_port_name
+            )
             gone = self.placement.set_slice(name, endpoints, now)
         self._backends_gone(gone)
         self._wake.set()
@@ -251,6 +279,51 @@ class Controller:
             self._report_losses()
             self._tell_waiting()
             self._evict_due()
+            self._meet_demand()
+
+    def _meet_demand(self) -> None:
+        """Placeholders for the pods that waited too long with no backend room for them."""
+        if self.placeholders is None:
+            return
+        now = self._clock()
+        if now - self._demand_at < DEMAND_INTERVAL_SECONDS:
+            return
+        self._demand_at = now
+        settings = self._settings
+        # Wait is measured from creation, wall clock: it survives a controller restart.
+        waiting = self.placement.without_room(time.time(), settings.demand_wait_seconds)
+        wanted = placeholders_needed(
+            waiting, self.placement.per_backend_capacity, settings.demand_max_placeholders
+        )
+        for write in self.placeholders.reconcile(wanted):
+            self._spawn(write)
+
+    # -- measured load ----------------------------------------------------------------------
+
+    async def _poll_loads_forever(self) -> None:
+        interval = self._settings.load_poll_seconds
+        while True:
+            started = self._clock()
+            if self.placement.synced and self.leading:
+                await self._poll_loads()
+            await asyncio.sleep(max(0.0, interval - (self._clock() - started)))
+
+    async def _poll_loads(self) -> None:
+        polls = await self._poller.poll(self.placement.backends)
+        outcomes: dict[str, Outcome] = {}
+        for address, poll in polls.items():
+            self.metrics.load_polls.labels(poll.outcome).inc()
+            outcomes[address] = poll.outcome
+            if self._poll_outcomes.get(address, "ok") != poll.outcome:  # told once per change
+                level = logging.INFO if poll.outcome == "ok" else logging.WARNING
+                log.log(
+                    level,
+                    "backend load known" if poll.outcome == "ok" else "backend load unknown",
+                    extra={"backend": address, "outcome": poll.outcome},
+                )
+        self._poll_outcomes = outcomes
+        self.placement.set_loads({address: poll.load for address, poll in polls.items()})
+        self._wake.set()
 
     def _spawn(self, work: Awaitable[None]) -> None:
         task = asyncio.ensure_future(work)
@@ -287,6 +360,9 @@ class Controller:
         self.metrics.assignment_latency.observe(max(0.0, time.time() - pod.created))
         zone = f" in zone {backend.zone}" if settings.policy == "sameZone" and backend.zone else ""
         load = self.placement.load(backend.address)
+        used = f"{load} pod{'' if load == 1 else 's'} on it"
+        if settings.policy == "leastLoaded" or settings.max_clients_per_backend > 0:
+            used = assignment.load  # what the decision was made on, before this pod counted
         log.info(
             "backend assigned",
             extra={"pod": f"{pod.namespace}/{pod.name}", "backend": backend.address},
@@ -295,8 +371,8 @@ class Controller:
             self._events.record(
                 info,
                 "BackendAssigned",
-                f"assigned GVirtuS backend {backend.address}{zone} (policy {settings.policy}; "
-                f"{load} pod{'' if load == 1 else 's'} on it)",
+                f"assigned GVirtuS backend {backend.address}{zone} "
+                f"(policy {settings.policy}; {used})",
             )
         )
         self._wake.set()

@@ -62,6 +62,7 @@ def pod_info(pod: Pod) -> PodInfo:
         node_selector_terms=tuple(term.to_dict() for term in terms),
         threads=threads,
         problem=problem,
+        ip=pod.status.podIP if pod.status and pod.status.podIP else None,
     )
 
 
@@ -104,11 +105,13 @@ def _zone_constraint(
     return ZoneConstraint(node_selector=zone, terms=zone_terms)
 
 
-def slice_endpoints(endpoint_slice: EndpointSlice, port_name: str) -> list[Endpoint]:
-    """The endpoints of one EndpointSlice; those that can serve GVirtuS carry a ``Backend``."""
-    port = next(
-        (p.port for p in endpoint_slice.ports or [] if p.name == port_name and p.port), None
-    )
+def slice_endpoints(
+    endpoint_slice: EndpointSlice, port_name: str, agent_port_name: str = "agent"
+) -> list[Endpoint]:
+    """The endpoints of one EndpointSlice; those that can serve GVirtuS carry a ``Backend``,
+    with the port of its load agent when the slice names one."""
+    port = _named_port(endpoint_slice, port_name)
+    agent_port = _named_port(endpoint_slice, agent_port_name)
     is_ipv4 = endpoint_slice.addressType == "IPv4"
     endpoints = []
     for endpoint in endpoint_slice.endpoints or []:
@@ -121,9 +124,13 @@ def slice_endpoints(endpoint_slice: EndpointSlice, port_name: str) -> list[Endpo
         address = next((a for a in endpoint.addresses if _is_ipv4(a)), None) if is_ipv4 else None
         backend = None
         if ready and address is not None and port is not None:
-            backend = Backend(address, port, _zone(endpoint.zone))
+            backend = Backend(address, port, _zone(endpoint.zone), agent_port)
         endpoints.append(Endpoint(identity, ready, ipv4=address is not None, backend=backend))
     return endpoints
+
+
+def _named_port(endpoint_slice: EndpointSlice, name: str) -> int | None:
+    return next((p.port for p in endpoint_slice.ports or [] if p.name == name and p.port), None)
 
 
 def _zone(zone: str | None) -> str | None:

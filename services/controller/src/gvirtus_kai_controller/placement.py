@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import heapq
 import ipaddress
+import math
 import random
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field, replace
@@ -21,8 +22,8 @@ from typing import Any, Literal
 
 from gvirtus_kai_common.backoff import Backoff
 
-Policy = Literal["leastPods", "random", "sameZone"]
-POLICIES: tuple[Policy, ...] = ("leastPods", "random", "sameZone")
+Policy = Literal["leastPods", "leastLoaded", "random", "sameZone"]
+POLICIES: tuple[Policy, ...] = ("leastPods", "leastLoaded", "random", "sameZone")
 
 PodKey = tuple[str, str]  # (namespace, name)
 
@@ -34,6 +35,7 @@ class Backend:
     ip: str
     port: int
     zone: str | None = field(default=None, compare=False)
+    agent_port: int | None = field(default=None, compare=False)  # the load agent's, if any
 
     @property
     def address(self) -> str:
@@ -43,6 +45,23 @@ class Backend:
     def sort_key(self) -> tuple[int, int]:
         """Numeric IP, then port: the stable tie-break between equally loaded backends."""
         return int(ipaddress.IPv4Address(self.ip)), self.port
+
+
+@dataclass(frozen=True)
+class BackendLoad:
+    """What a backend's agent measured: the distinct client addresses connected to GVirtuS and
+    the utilisation of each of its GPUs (0..1)."""
+
+    clients: frozenset[str] = frozenset()
+    connections: int = 0
+    gpu_utilization: tuple[float, ...] = ()
+
+    @property
+    def mean_gpu_utilization(self) -> float:
+        """Mean over the GPUs; a backend without GPU readings counts as idle."""
+        if not self.gpu_utilization:
+            return 0.0
+        return sum(self.gpu_utilization) / len(self.gpu_utilization)
 
 
 @dataclass(frozen=True)
@@ -123,6 +142,7 @@ class PodInfo:
     node_selector_terms: tuple[Mapping[str, Any], ...] = ()  # required node affinity, as JSON
     threads: int | None = None  # communicator entries the pod asks for; None: the default
     problem: str | None = None  # why the pod's own annotations keep it from any backend
+    ip: str | None = None  # the pod's IP once it runs: how a backend's agent sees it connected
 
     @property
     def key(self) -> PodKey:
@@ -149,6 +169,17 @@ class PodTimers:
 class Assignment:
     pod: PodInfo
     backend: Backend
+    load: str = ""  # the backend's load the decision used, as told in its Event
+
+
+def placeholders_needed(waiting: int, per_backend: int, maximum: int) -> int:
+    """Placeholder pods for ``waiting`` pods no ready backend has room for: one per missing
+    backend (``per_backend`` pods each; 0 = unlimited, so one backend takes them all), at most
+    ``maximum``."""
+    if waiting <= 0 or maximum <= 0:
+        return 0
+    backends = 1 if per_backend <= 0 else math.ceil(waiting / per_backend)
+    return min(backends, maximum)
 
 
 @dataclass(frozen=True)
@@ -167,11 +198,13 @@ class Placement:
         policy: Policy = "leastPods",
         max_pods_per_backend: int = 0,
         *,
+        max_clients_per_backend: int = 0,
         port_name: str = "gvirtus",
         rng: random.Random | None = None,
     ) -> None:
         self.policy = policy
         self.max_pods_per_backend = max_pods_per_backend
+        self.max_clients_per_backend = max_clients_per_backend
         self.port_name = port_name
         self._rng = rng or random.Random()  # noqa: S311 - load spreading, not cryptography
         self._slices: dict[str, tuple[Endpoint, ...]] = {}
@@ -186,6 +219,11 @@ class Placement:
         self._lost_news: dict[PodKey, str] = {}  # lost pods not reported yet -> address
         self._timers: dict[PodKey, PodTimers] = {}
         self._synced = False
+        # Measured loads by address; an address absent is unknown (its agent did not answer).
+        self._measured: dict[str, BackendLoad] = {}
+        # Per address: counted pods whose IP the agent has not seen connected (kept up to date
+        # as pods are counted, so a decision costs O(1) per backend).
+        self._pending: dict[str, int] = {}
 
     # -- backends ---------------------------------------------------------------------------
 
@@ -235,6 +273,47 @@ class Placement:
         loads.update({a: len(keys) for a, keys in self._members.items() if keys})
         return loads
 
+    def set_loads(self, loads: Mapping[str, BackendLoad | None]) -> None:
+        """What the agents answered, by backend address; None (or absent): unknown."""
+        self._measured = {a: load for a, load in loads.items() if load is not None}
+        self._pending = {a: self._count_pending(a) for a in self._members}
+
+    def measured(self, address: str) -> BackendLoad | None:
+        return self._measured.get(address)
+
+    def pending(self, address: str) -> int:
+        """Pods counted on ``address`` that its agent does not list as connected."""
+        return self._pending.get(address, 0)
+
+    def clients(self, address: str) -> int:
+        """Measured clients plus pending pods; pods counted when the load is unknown."""
+        load = self._measured.get(address)
+        if load is None:
+            return self.load(address)
+        return len(load.clients) + self.pending(address)
+
+    def _count_pending(self, address: str) -> int:
+        load = self._measured.get(address)
+        clients = load.clients if load is not None else frozenset()
+        return sum(1 for key in self._members.get(address, ()) if self._ip(key) not in clients)
+
+    def _ip(self, key: PodKey) -> str | None:
+        pod = self._pods.get(key)
+        return pod.ip if pod is not None else None
+
+    def describe_load(self, backend: Backend) -> str:
+        """The load placement sees on ``backend``, in words."""
+        address = backend.address
+        load = self._measured.get(address)
+        pods = self.load(address)
+        if load is None:
+            return f"load unknown: no answer from its agent; {pods} pod{_s(pods)} on it"
+        clients = len(load.clients)
+        return (
+            f"{clients} client{_s(clients)}, {self.pending(address)} pending, "
+            f"GPU {load.mean_gpu_utilization:.0%}"
+        )
+
     # -- pods -------------------------------------------------------------------------------
 
     def upsert_pod(self, info: PodInfo, now: float) -> None:
@@ -246,16 +325,18 @@ class Placement:
             info = replace(info, gated=False, backend=old.backend)
         if old is not None and old.uid != info.uid:  # deleted and created again meanwhile
             self._timers.pop(info.key, None)
+        if old is not None and old.ip != info.ip:
+            self._uncount(info.key)  # counted again below, connected or pending by its new IP
         self._pods[info.key] = info
         self._place(info, now)
 
     def remove_pod(self, key: PodKey) -> None:
         """Forget the pod and everything kept for it."""
+        self._uncount(key)  # first: whether it was pending depends on the pod's IP
         self._pods.pop(key, None)
         self._timers.pop(key, None)
         self._in_flight.pop(key, None)
         self._waiting.pop(key, None)
-        self._uncount(key)
         self._unmark_lost(key)
 
     def replace_pods(self, pods: Iterable[PodInfo], now: float) -> None:
@@ -327,14 +408,23 @@ class Placement:
         if address is not None:
             self._counted[key] = address
             self._members.setdefault(address, set()).add(key)
+            if self._is_pending(key, address):
+                self._pending[address] = self._pending.get(address, 0) + 1
 
     def _uncount(self, key: PodKey) -> None:
         address = self._counted.pop(key, None)
         if address is not None:
             members = self._members[address]
             members.discard(key)
+            if self._is_pending(key, address):
+                self._pending[address] -= 1
             if not members:
                 del self._members[address]
+                self._pending.pop(address, None)
+
+    def _is_pending(self, key: PodKey, address: str) -> bool:
+        load = self._measured.get(address)
+        return load is None or self._ip(key) not in load.clients
 
     # -- deciding ---------------------------------------------------------------------------
 
@@ -355,11 +445,46 @@ class Placement:
             return None
         if self.policy == "random":
             return self._rng.choice(sorted(candidates))
+        if self.policy == "leastLoaded":
+            return min(candidates, key=self._load_rank)
         return min(candidates, key=lambda b: (self.load(b.address), b.sort_key))
 
+    def _load_rank(self, backend: Backend) -> tuple[int, float, tuple[int, int]]:
+        load = self._measured.get(backend.address)
+        utilization = load.mean_gpu_utilization if load is not None else 0.0
+        return self.clients(backend.address), utilization, backend.sort_key
+
     def _has_room(self, backend: Backend) -> bool:
-        limit = self.max_pods_per_backend
-        return limit <= 0 or self.load(backend.address) < limit
+        pods = self.max_pods_per_backend
+        if pods > 0 and self.load(backend.address) >= pods:
+            return False
+        clients = self.max_clients_per_backend
+        return clients <= 0 or self.clients(backend.address) < clients
+
+    @property
+    def per_backend_capacity(self) -> int:
+        """Pods one new backend takes at most (the tighter limit); 0: unlimited."""
+        limits = [n for n in (self.max_pods_per_backend, self.max_clients_per_backend) if n > 0]
+        return min(limits, default=0)
+
+    def without_room(self, now: float, wait_seconds: float) -> int:
+        """Waiting pods older than ``wait_seconds`` (creation time, wall-clock ``now``) that
+        no ready backend has room for: the demand a new backend would serve."""
+        room = [b for b in self._backends.values() if self._has_room(b)]
+        count = 0
+        for pod in self._waiting.values():
+            if pod.problem is not None or now - pod.created < wait_seconds:
+                continue
+            if not room:
+                count += 1
+            elif self.policy == "sameZone" and not pod.zones.unrestricted:
+                count += not any(pod.zones.allows(b.zone) for b in room)
+        return count
+
+    def oldest_wait(self, now: float) -> float:
+        """Seconds the oldest waiting pod has waited (wall clock); 0 when none waits."""
+        oldest = min((pod.created for pod in self._waiting.values()), default=None)
+        return 0.0 if oldest is None else max(0.0, now - oldest)
 
     def assign(self) -> list[Assignment]:
         """Decide for every waiting pod that can be placed now, in priority-then-age order.
@@ -385,7 +510,7 @@ class Placement:
                 passed_over.append(heapq.heappop(self._queue))
                 continue
             heapq.heappop(self._queue)
-            assignment = Assignment(pod, backend)
+            assignment = Assignment(pod, backend, self.describe_load(backend))
             del self._waiting[pod.key]
             self._timer_reset(pod.key, told=True)
             self._in_flight[pod.key] = assignment
@@ -430,9 +555,10 @@ class Placement:
                 )
             backends = allowed
         if all(not self._has_room(b) for b in backends):
-            return (
-                f"all {len(backends)} backends full (maxPodsPerBackend={self.max_pods_per_backend})"
-            )
+            limits = f"maxPodsPerBackend={self.max_pods_per_backend}"
+            if self.max_clients_per_backend > 0:
+                limits += f", maxClientsPerBackend={self.max_clients_per_backend}"
+            return f"all {len(backends)} backends full ({limits})"
         return "waiting for its turn"
 
     def _no_backend_reason(self) -> str:
@@ -498,6 +624,10 @@ class Placement:
             for pod, since in self.lost_pods()
             if pod.controller_owned and now - since >= grace_seconds
         ]
+
+
+def _s(count: int) -> str:
+    return "" if count == 1 else "s"
 
 
 def _queue_entry(pod: PodInfo) -> tuple[int, float, str, str, str]:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from gvirtus_kai_common.gvirtus import (
     DEFAULT_PLUGINS,
@@ -13,7 +13,7 @@ from gvirtus_kai_common.gvirtus import (
 )
 from gvirtus_kai_common.labels import is_dns_subdomain, label_key_problem
 from gvirtus_kai_common.settings import HealthServerSettings
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 from pydantic_settings import NoDecode
 
 from gvirtus_kai_controller.placement import Policy
@@ -40,8 +40,46 @@ class Settings(HealthServerSettings):
     frontend_threads: int = Field(
         DEFAULT_THREADS, ge=1, le=MAX_THREADS, description=THREADS_DESCRIPTION
     )
-    policy: Policy = Field("leastPods", description="leastPods, random or sameZone")
+    agent_port_name: str = Field(
+        "agent", description="the EndpointSlice port of each backend's load agent (GET /load)"
+    )
+    policy: Policy = Field("leastPods", description="leastPods, leastLoaded, random or sameZone")
     max_pods_per_backend: int = Field(0, ge=0, description="pods per backend; 0: unlimited")
+    max_clients_per_backend: int = Field(
+        0,
+        ge=0,
+        description="measured clients plus pinned pods not connected yet, per backend; 0: no limit",
+    )
+    load_poll_seconds: float = Field(
+        2.0, gt=0, description="how often every ready backend's agent is asked for its load"
+    )
+    load_timeout_seconds: float = Field(
+        1.0, gt=0, description="an agent slower than this counts as unknown until the next poll"
+    )
+    demand_enabled: bool = Field(
+        False, description="create placeholder pods a cluster autoscaler sees when pods wait"
+    )
+    demand_wait_seconds: float = Field(
+        60.0, ge=0, description="how long pods wait without room before placeholders appear"
+    )
+    demand_max_placeholders: int = Field(4, ge=0, description="placeholder pods at most")
+    demand_owner: str = Field(
+        "", description="the Deployment (release namespace) owning the placeholder pods"
+    )
+    demand_image: str = Field("", description="the placeholders' image (a pause image)")
+    demand_priority_class: str = Field("", description="the placeholders' priority class")
+    demand_gpu_resource: str = Field(
+        "nvidia.com/gpu", description="the physical GPU resource each placeholder requests one of"
+    )
+    demand_requests: dict[str, str] = Field(
+        default_factory=dict, description="more requests of each placeholder (JSON: a backend's)"
+    )
+    demand_node_selector: dict[str, str] = Field(
+        default_factory=dict, description="the placeholders' nodeSelector (JSON: the backend's)"
+    )
+    demand_tolerations: list[dict[str, Any]] = Field(
+        default_factory=list, description="the placeholders' tolerations (JSON: the backend's)"
+    )
     on_backend_loss: OnBackendLoss = Field(
         "keep", description="keep (report only) or evict (owned pods, after the grace period)"
     )
@@ -74,9 +112,17 @@ class Settings(HealthServerSettings):
             raise ValueError(f"{value!r}: {problem}")
         return value
 
-    @field_validator("backend_port_name")
+    @field_validator("backend_port_name", "agent_port_name")
     @classmethod
     def _check_port_name(cls, value: str) -> str:
         if not value:
             raise ValueError("the EndpointSlice port name is empty")
         return value
+
+    @model_validator(mode="after")
+    def _check_demand(self) -> Settings:
+        if self.demand_enabled and not (self.demand_owner and self.demand_image):
+            raise ValueError("DEMAND_ENABLED needs DEMAND_OWNER and DEMAND_IMAGE")
+        if self.demand_owner and not is_dns_subdomain(self.demand_owner):
+            raise ValueError(f"DEMAND_OWNER {self.demand_owner!r} is not a Kubernetes object name")
+        return self
