@@ -98,7 +98,7 @@ docs: $(VENV_STAMP) ## write the settings tables of docs/configuration.md from t
 
 bench: $(NODE_TIER) ## performance figures of every service next to their targets; fails on a miss
 	@command -v wrk >/dev/null || { apt-get update -qq && apt-get install -y -qq wrk >/dev/null; }
-	@missed=0; for name in webhook mutation labeler device_plugin controller controller_poll apiserver nodes; do \
+	@missed=0; for name in webhook mutation labeler device_plugin controller controller_poll backend_agent apiserver nodes; do \
 	  $(BIN)/python bench/$$name.py || missed=1; \
 	done; exit $$missed
 

@@ -10,7 +10,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,6 +18,8 @@ from typing import Any
 
 COMMAND = str(Path(sys.executable).parent / "gvirtus-backend-agent")
 WAIT_SECONDS = 20.0
+# The tests' agents read the tables ten times a second; a change shows within a few readings.
+INTERVAL_SECONDS = 0.1
 
 
 def free_port() -> int:
@@ -51,6 +53,14 @@ class AgentProcess:
         document: dict[str, Any] = json.loads(body)
         return document
 
+    def load_once(self, check: Callable[[dict[str, Any]], bool]) -> dict[str, Any]:
+        """The first ``/load`` that passes ``check`` (a reading later), or the last one seen
+        once ``WAIT_SECONDS`` have passed, for the test's assertion to show."""
+        deadline = time.monotonic() + WAIT_SECONDS
+        while not check(load := self.load()) and time.monotonic() < deadline:
+            time.sleep(INTERVAL_SECONDS / 2)
+        return load
+
     def stop(self) -> str:
         """SIGTERM, then the log it wrote."""
         if self.process.poll() is None:
@@ -67,6 +77,7 @@ def running_agent(gvirtus_port: int, **settings: str) -> Iterator[AgentProcess]:
         health_port=str(port),
         gvirtus_port=str(gvirtus_port),
         pod_name="gvirtus-backend-test",
+        sample_interval_seconds=str(INTERVAL_SECONDS),
         **settings,
     )
     process = subprocess.Popen(

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import logging
+import sys
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
 import pytest
-from gvirtus_kai_backend_agent.gpu import GpuReading, Gpus
+from gvirtus_kai_backend_agent.gpu import NO_DRIVER, GpuReading, Gpus
 
 
 class NVMLError(Exception):
@@ -64,7 +66,7 @@ def test_a_failed_init_reports_no_gpus_and_says_why_once(caplog: pytest.LogCaptu
 
     assert not gpus.available
     assert readings == [[], [], []]
-    said = [r for r in caplog.records if "no NVIDIA driver" in r.getMessage()]
+    said = [r for r in caplog.records if r.getMessage() == NO_DRIVER]
     assert len(said) == 1
     assert said[0].__dict__["error"] == "Driver Not Loaded"
 
@@ -98,9 +100,26 @@ def test_stop_shuts_nvml_down() -> None:
     assert gpus.read() == []
 
 
-def test_the_real_pynvml_without_a_driver_reports_no_gpus() -> None:
-    # No machine of this project's CI has an NVIDIA driver; where one has, this proves nothing.
-    gpus = Gpus()
+def test_without_the_driver_control_device_nvml_is_not_even_loaded(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delitem(sys.modules, "pynvml", raising=False)
+    gpus = Gpus(control_device=tmp_path / "nvidiactl")
+    with caplog.at_level(logging.INFO, logger="gvirtus_kai_backend_agent.gpu"):
+        gpus.start()
+
+    assert not gpus.available
+    assert "pynvml" not in sys.modules
+    said = [r for r in caplog.records if r.getMessage() == NO_DRIVER]
+    assert [r.__dict__["error"] for r in said] == [f"no {tmp_path / 'nvidiactl'}"]
+
+
+def test_the_real_pynvml_without_a_driver_reports_no_gpus(tmp_path: Path) -> None:
+    # A control device that exists gets NVML loaded: without the driver's library it fails
+    # in nvmlInit, as on a GPU node whose runtime did not mount the library.
+    device = tmp_path / "nvidiactl"
+    device.touch()
+    gpus = Gpus(control_device=device)
     gpus.start()
     if gpus.available:
         pytest.skip("this machine has an NVIDIA driver")

@@ -43,6 +43,7 @@ def test_readyz_is_503_with_a_reason_until_the_port_listens(reserved: socket.soc
     with running_agent(port) as agent:
         before = agent.get("/readyz")
         reserved.listen(5)
+        agent.load_once(lambda load: load["listening"])
         after = agent.get("/readyz")
 
     assert before[0] == 503
@@ -93,7 +94,7 @@ def test_connections_that_close_leave_the_count(reserved: socket.socket) -> None
         before = agent.load()["connections"]
         for sock in clients[:3] + accepted[:3]:
             sock.close()
-        after = agent.load()["connections"]
+        after = agent.load_once(lambda load: load["connections"] != 5)["connections"]
     for sock in clients[3:] + accepted[3:]:
         sock.close()
 
@@ -208,3 +209,22 @@ def test_socket_tables_that_cannot_be_read_exit_2_naming_the_directory(tmp_path:
 
     assert result.returncode == 2
     assert "GVIRTUS_KAI_PROC_NET" in result.stderr
+
+
+def test_connections_opened_while_it_runs_show_in_a_later_reading(
+    reserved: socket.socket,
+) -> None:
+    port = reserved.getsockname()[1]
+    reserved.listen(16)
+    with running_agent(port) as agent:
+        before = agent.load()["connections"]
+        clients = connect(port, 6)
+        accepted = [reserved.accept()[0] for _ in clients]
+        try:
+            after = agent.load_once(lambda load: load["connections"] == 6)
+        finally:
+            for sock in clients + accepted:
+                sock.close()
+
+    assert before == 0
+    assert (after["connections"], after["clients"]) == (6, ["127.0.0.1"])

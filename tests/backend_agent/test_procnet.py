@@ -74,3 +74,10 @@ def test_addresses_read_as_the_kernel_prints_them_word_by_word(text: str, addres
 def test_an_address_of_another_length_is_refused() -> None:
     with pytest.raises(ValueError, match="not a socket table address"):
         decode_address("0100007F00")
+
+
+def test_a_missing_tcp_table_is_an_error(tmp_path: Path) -> None:
+    (tmp_path / "tcp6").write_text((FIXTURES / "dual" / "tcp6").read_text())
+
+    with pytest.raises(FileNotFoundError):
+        read_tables(tmp_path)

@@ -41,7 +41,10 @@ async def serve(settings: Settings) -> int:
         settings.gvirtus_port,
         settings.proc_net,
         Gpus(),
+        settings.sample_interval_seconds,
     )
+    # The first reading before the port opens: no answer ever says "not read yet".
+    agent.read_tables()
     health = HealthServer(
         settings.health_host,
         settings.health_port,

@@ -10,6 +10,7 @@ machine's order, so on the little-endian machines we run on each word reads reve
 
 from __future__ import annotations
 
+import contextlib
 import ipaddress
 import sys
 from collections.abc import Iterable
@@ -18,7 +19,6 @@ from pathlib import Path
 
 LISTEN = "0A"
 ESTABLISHED = "01"
-TABLES = ("tcp", "tcp6")
 
 Address = ipaddress.IPv4Address | ipaddress.IPv6Address
 
@@ -77,12 +77,9 @@ def _address_order(address: Address) -> tuple[int, int]:
 
 
 def read_tables(proc_net: Path) -> list[str]:
-    """The text of ``tcp`` and ``tcp6`` under ``proc_net``; a table the kernel does not have
-    (IPv6 disabled) is left out."""
-    texts = []
-    for name in TABLES:
-        try:
-            texts.append((proc_net / name).read_text(encoding="ascii"))
-        except FileNotFoundError:
-            continue
+    """The text of ``tcp`` and ``tcp6`` under ``proc_net``; ``tcp6`` is left out where the
+    kernel has none (IPv6 disabled), a missing ``tcp`` is an error (OSError)."""
+    texts = [(proc_net / "tcp").read_text(encoding="ascii")]
+    with contextlib.suppress(FileNotFoundError):
+        texts.append((proc_net / "tcp6").read_text(encoding="ascii"))
     return texts

@@ -21,6 +21,13 @@ class Settings(HealthServerSettings):
         Path("/proc/net"),
         description="directory of the tcp and tcp6 socket tables of the pod's network namespace",
     )
+    sample_interval_seconds: float = Field(
+        1.0,
+        gt=0,
+        le=60,
+        description="seconds between readings of the socket tables and of the GPUs; every"
+        " answer serves the latest reading",
+    )
     # The GVirtuS backend's readings are served on this port: /load, /readyz, /metrics.
     health_port: int = Field(
         9180, ge=0, le=65535, description="port of /load, /readyz, /healthz and /metrics"
