@@ -31,8 +31,9 @@ SETTINGS: dict[str, type[BaseSettings]] = {
 }
 # Where the chart's default install deliberately differs from the service's own default.
 CHART_CHOICES = {
-    # The release namespace and the release's own Lease name (names are per release).
-    "controller": {"NAMESPACE", "LEASE_NAME"},
+    # The release namespace and the release's own Lease name (names are per release); the policy
+    # follows the backend agent (leastLoaded when the chart deploys one).
+    "controller": {"NAMESPACE", "LEASE_NAME", "POLICY"},
     # In a cluster a stopping pod keeps getting requests until its endpoints drop it.
     "webhook": {"SHUTDOWN_DELAY_SECONDS"},
 }
