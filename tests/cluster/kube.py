@@ -281,7 +281,8 @@ class Cluster:
             }
             for c in pod.spec.containers
         ]
-        host_ip = next(s.address for s in NODES if s.name == node) if node else ip
+        # Nodes a test adds for itself are not in NODES: their pods report the pod IP as host IP.
+        host_ip = next((s.address for s in NODES if s.name == node), ip)
         status = {
             "phase": "Running",
             "conditions": conditions,
