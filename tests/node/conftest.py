@@ -37,3 +37,11 @@ def release(kube: Kube) -> Kube:
         chart.install(kube.kubeconfig)
     kube.wait_release_ready()
     return kube
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Real pods take their time on a loaded 2-core machine: a node test (with the session's node
+    start-up or a chart upgrade inside it) gets ten minutes, not the suites' two."""
+    for item in items:
+        if item.nodeid.startswith("tests/node/"):
+            item.add_marker(pytest.mark.timeout(600))
