@@ -15,7 +15,7 @@ if [[ -z $tag ]]; then
   exit 2
 fi
 
-for component in webhook labeler device-plugin controller; do
+for component in webhook labeler device-plugin controller backend-agent; do
   if [[ -n ${IMAGE_PREFIX:-} ]]; then
     repository="$IMAGE_PREFIX-$component"
   else

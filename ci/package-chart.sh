@@ -27,11 +27,11 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 cp -R "$repo_root/charts/gvirtus-kai" "$work/gvirtus-kai"
 
-components=(webhook labeler device-plugin controller)
+components=(webhook labeler device-plugin controller backend-agent)
 values="$work/gvirtus-kai/values.yaml"
 # values.yaml names each image as `repository: <registry>/<owner>/gvirtus-kai-<component>`; only
 # those lines change.
-sed -E "s#^([[:space:]]+repository:[[:space:]]*)[^[:space:]]*gvirtus-kai-(webhook|labeler|device-plugin|controller)[[:space:]]*\$#\1${prefix}-\2#" \
+sed -E "s#^([[:space:]]+repository:[[:space:]]*)[^[:space:]]*gvirtus-kai-(webhook|labeler|device-plugin|controller|backend-agent)[[:space:]]*\$#\1${prefix}-\2#" \
   "$values" >"$values.new"
 mv "$values.new" "$values"
 rewritten=$(grep -c -E "^[[:space:]]+repository:[[:space:]]*${prefix}-" "$values" || true)

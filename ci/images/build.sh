@@ -2,7 +2,8 @@
 # Builds every container image the real-node tests run, with buildah and without any registry:
 #   base             localhost/gvirtus-kai-base:bookworm, Debian bookworm (debootstrap minbase) with
 #                    python3 and python3-venv; stays in the build store only
-#   webhook controller labeler device-plugin   the service images, Dockerfile.<name> FROM the base
+#   webhook controller labeler device-plugin backend-agent
+#                    the service images, Dockerfile.<name> FROM the base
 #   standin-backend standin-frontend           tests/node/images/*: stand-ins for GVirtuS
 #   pause            localhost/pause:dev, Kubernetes' pause.c compiled static, FROM scratch
 # Each image is written as a docker-archive (keeps its name for `ctr images import`) to
@@ -19,7 +20,7 @@ cd "$(dirname "$0")/../.."
 out=${IMAGES_OUT:-.tools/images}
 store=$(realpath -m "${IMAGES_STORE:-.tools/containers}")
 base_ref=localhost/gvirtus-kai-base:bookworm
-services=(webhook controller labeler device-plugin)
+services=(webhook controller labeler device-plugin backend-agent)
 standins=(standin-backend standin-frontend)
 all=(pause "${services[@]}" "${standins[@]}")
 # The host CA bundle is mounted here for pip in the builder stages.

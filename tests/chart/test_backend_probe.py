@@ -1,4 +1,5 @@
-"""The backend's exec probe, run for real: it sees a LISTEN socket on the port and never connects.
+"""The backend's exec probe (without the agent), run for real: it sees a LISTEN socket on the port
+and never connects.
 
 GVirtuS never closes a connection it accepted, so a probe that connects leaks a descriptor in the
 backend on every check. The rendered probe command runs here with /bin/sh against real sockets in
@@ -17,7 +18,8 @@ from tests.chart.conftest import container, render
 
 
 def _probe_command(port: int, probe: str = "readinessProbe") -> list[str]:
-    backend = render(values={"backend.containerPort": port}).one("DaemonSet", "backend")
+    values = {"backend.containerPort": port, "backend.agent.enabled": False}
+    backend = render(values=values).one("DaemonSet", "backend")
     command: list[str] = container(backend)[probe]["exec"]["command"]
     return command
 

@@ -296,8 +296,9 @@ def test_both_placement_paths_pin_to_the_headless_service_and_the_container_port
     manifests = render(values=values)
     headless = next(s for s in manifests.of_kind("Service") if s["spec"].get("clusterIP") == "None")
     name = headless["metadata"]["name"]
-    (port,) = headless["spec"]["ports"]
-    container_ports = container(manifests.one("DaemonSet", "backend"))["ports"]
+    # The GVirtuS port; the agent's port beside it is the controller's, for polling.
+    port = next(p for p in headless["spec"]["ports"] if p["name"] == "gvirtus")
+    container_ports = container(manifests.one("DaemonSet", "backend"), "backend")["ports"]
     assert {"name": port["name"], "containerPort": port["targetPort"], "protocol": "TCP"} in (
         container_ports
     )

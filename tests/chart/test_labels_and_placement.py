@@ -110,7 +110,7 @@ def test_gpu_resource_reaches_device_plugin_webhook_and_helm_test() -> None:
 def test_backend_requests_the_physical_gpu_not_the_virtual_resource() -> None:
     # A virtual gpuResource is only advertised on GPU-less frontend nodes: requesting it would
     # leave backend pods unschedulable on the GPU nodes they are meant for.
-    limits = container(render("custom-labels-values.yaml").one("DaemonSet", "backend"))[
+    limits = container(render("custom-labels-values.yaml").one("DaemonSet", "backend"), "backend")[
         "resources"
     ]["limits"]
     assert limits["nvidia.com/gpu"] == 1
@@ -121,7 +121,7 @@ def test_backend_gpu_resource_follows_its_value() -> None:
     backend = render(values={"backend.gpu.resource": "amd.com/gpu", "backend.gpu.count": 2}).one(
         "DaemonSet", "backend"
     )
-    limits = container(backend)["resources"]["limits"]
+    limits = container(backend, "backend")["resources"]["limits"]
     assert limits["amd.com/gpu"] == 2
     assert "nvidia.com/gpu" not in limits
 

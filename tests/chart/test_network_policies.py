@@ -2,7 +2,8 @@
 
 The webhook's HTTPS port (the API server's source address is not predictable) and the backend's
 GVirtuS port (frontends live in any namespace) are open to all; health/metrics ports only to the
-namespaces `networkPolicy.metricsNamespaceSelector` selects, none by default. Policies are
+namespaces `networkPolicy.metricsNamespaceSelector` selects, none by default; the backend agent's
+port to the release's controller pods too. Policies are
 ingress-only: the controller and labeler reach the API server at cluster-specific addresses.
 """
 
@@ -17,8 +18,8 @@ from tests.chart.conftest import (
     HelmError,
     Manifest,
     Manifests,
-    container,
     labels_of,
+    pod_spec,
     pod_workloads,
     render,
 )
@@ -43,7 +44,11 @@ def _selected(policy: Manifest, manifests: Manifests) -> list[Manifest]:
 
 
 def _ports_by_number(workload: Manifest) -> dict[int, str]:
-    return {p["containerPort"]: p["name"] for p in container(workload)["ports"]}
+    return {
+        p["containerPort"]: p["name"]
+        for c in pod_spec(workload)["containers"]
+        for p in c.get("ports", [])
+    }
 
 
 def _policy(manifests: Manifests, component: str) -> dict[str, Any]:
@@ -80,19 +85,18 @@ def test_every_policy_port_is_a_container_port_and_every_container_port_has_a_ru
             assert port["port"] in container_ports, (policy["metadata"]["name"], port)
         ruled_numbers = [port["port"] for port in ruled]
         if component in OPEN_TO_ALL or policy["spec"]["ingress"]:
-            assert sorted(ruled_numbers) == sorted(container_ports)
+            assert sorted(set(ruled_numbers)) == sorted(container_ports)
 
 
 @pytest.mark.parametrize(("component", "port_name"), sorted(OPEN_TO_ALL.items()))
 def test_service_ports_are_open_to_every_source(component: str, port_name: str) -> None:
     manifests = render()
     kind = "Deployment" if component == "webhook" else "DaemonSet"
-    ports = {
-        p["name"]: p["containerPort"] for p in container(manifests.one(kind, component))["ports"]
+    ports = _ports_by_number(manifests.one(kind, component))
+    number = next(number for number, name in ports.items() if name == port_name)
+    assert _policy(manifests, component)["ingress"][0] == {
+        "ports": [{"port": number, "protocol": "TCP"}]
     }
-    assert _policy(manifests, component)["ingress"] == [
-        {"ports": [{"port": ports[port_name], "protocol": "TCP"}]}
-    ]
 
 
 @pytest.mark.parametrize("component", sorted(HEALTH_ONLY))
@@ -131,7 +135,7 @@ def test_policy_ports_follow_the_configured_container_ports() -> None:
     }
     assert opened == {
         "webhook": [9443],
-        "backend": [7000],
+        "backend": [7000, 9180, 9180],
         "labeler": [9090],
         "device-plugin": [9091],
         "controller": [9092],
@@ -144,3 +148,24 @@ def test_a_metrics_selector_with_an_unknown_operator_is_refused() -> None:
     selector = {"matchExpressions": [{"key": "team", "operator": "Equals", "values": ["obs"]}]}
     with pytest.raises(HelmError, match="metricsNamespaceSelector"):
         render(values={"networkPolicy.metricsNamespaceSelector": selector})
+
+
+def test_the_backend_agent_port_admits_the_controller_pods_and_the_metrics_namespaces() -> None:
+    manifests = render("controller-ha-evict-values.yaml")
+    controller = manifests.one("Deployment", "controller")
+    rules = _policy(manifests, "backend")["ingress"][1:]
+
+    (from_controller,) = [r for r in rules if "podSelector" in r["from"][0]]
+    assert from_controller["ports"] == [{"port": 9180, "protocol": "TCP"}]
+    selector = from_controller["from"][0]["podSelector"]["matchLabels"]
+    assert selector.items() <= _template_labels(controller).items()
+    assert "namespaceSelector" not in from_controller["from"][0]  # the release namespace only
+    assert {"from": [{"namespaceSelector": MONITORING}], "ports": from_controller["ports"]} in rules
+
+
+def test_without_the_agent_the_backend_opens_only_the_gvirtus_port() -> None:
+    manifests = render(values={"backend.agent.enabled": False})
+
+    assert _policy(manifests, "backend")["ingress"] == [
+        {"ports": [{"port": 9999, "protocol": "TCP"}]}
+    ]

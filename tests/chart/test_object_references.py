@@ -129,9 +129,15 @@ def test_every_workload_selector_matches_its_own_pod_template(scenario: str) -> 
 def test_every_named_probe_port_is_a_port_of_its_container(scenario: str) -> None:
     probed = 0
     for workload in pod_workloads(scenario_manifests(scenario)):
+        # A number reaches the pod's IP, so any container of the pod may serve it (the backend
+        # is probed on its agent's port); a name resolves in the probed container only.
+        numbers = {
+            port["containerPort"]
+            for container in containers_of(workload)
+            for port in container.get("ports", [])
+        }
         for container in containers_of(workload):
             names = {port.get("name") for port in container.get("ports", [])}
-            numbers = {port["containerPort"] for port in container.get("ports", [])}
             for port in probe_ports(container):
                 probed += 1
                 assert port in (names if isinstance(port, str) else numbers), (

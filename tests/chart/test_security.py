@@ -214,7 +214,7 @@ def test_backend_security_adapts_to_the_gvirtus_image() -> None:
     ).one("DaemonSet", "backend")
     assert pod_spec(backend)["securityContext"]["runAsUser"] == 1000
     assert pod_spec(backend)["securityContext"]["runAsNonRoot"] is True
-    assert container(backend)["securityContext"]["readOnlyRootFilesystem"] is False
+    assert container(backend, "backend")["securityContext"]["readOnlyRootFilesystem"] is False
 
 
 def test_images_default_to_the_released_images_of_the_app_version_and_digest_pins_them() -> None:

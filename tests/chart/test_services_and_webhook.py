@@ -16,7 +16,7 @@ def test_backend_service_maps_34567_to_the_backend_container_port() -> None:
     assert service["spec"]["ports"] == [
         {"name": "gvirtus", "port": 34567, "targetPort": 9999, "protocol": "TCP"}
     ]
-    ports = container(manifests.one("DaemonSet", "backend"))["ports"]
+    ports = container(manifests.one("DaemonSet", "backend"), "backend")["ports"]
     assert ports == [{"name": "gvirtus", "containerPort": 9999, "protocol": "TCP"}]
 
 
@@ -47,7 +47,10 @@ def test_headless_backend_service_lists_ready_pods_on_the_container_port(
         "clusterIP": "None",
         "publishNotReadyAddresses": False,
         "selector": clusterip["spec"]["selector"],
-        "ports": [{"name": "gvirtus", "port": port, "targetPort": port, "protocol": "TCP"}],
+        "ports": [
+            {"name": "gvirtus", "port": port, "targetPort": port, "protocol": "TCP"},
+            {"name": "agent", "port": 9180, "targetPort": "agent", "protocol": "TCP"},
+        ],
     }
     assert headless["metadata"]["labels"] == clusterip["metadata"]["labels"]
 
@@ -85,15 +88,28 @@ def test_traffic_distribution_on_a_cluster_older_than_1_31_fails_with_a_reason()
 @pytest.mark.parametrize("scenario", SCENARIOS)
 def test_backend_probes_never_connect_to_the_gvirtus_port(scenario: str) -> None:
     # GVirtuS never closes an accepted connection: a TCP probe would leak a descriptor per check.
+    # With the agent both ask its /readyz (it reads /proc/net/tcp*), else a shell reads the tables.
     for backend in render(scenario).of_component("backend"):
         if backend["kind"] != "DaemonSet":
             continue
-        probes = [container(backend)[p] for p in ("readinessProbe", "livenessProbe")]
-        assert "startupProbe" not in container(backend)
+        gvirtus = container(backend, "backend")
+        agent_ports = {
+            port["containerPort"]
+            for c in pod_spec(backend)["containers"]
+            if c["name"] == "agent"
+            for port in c["ports"]
+        }
+        probes = [gvirtus[p] for p in ("readinessProbe", "livenessProbe")]
+        assert "startupProbe" not in gvirtus
         for probe in probes:
-            assert set(probe) & {"tcpSocket", "httpGet", "grpc"} == set()
-            assert probe["exec"]["command"][:2] == ["/bin/sh", "-c"]
-            assert "/proc/net/tcp" in probe["exec"]["command"][2]
+            assert set(probe) & {"tcpSocket", "grpc"} == set()
+            if "httpGet" in probe:
+                assert probe["httpGet"]["path"] == "/readyz"
+                assert probe["httpGet"]["port"] in agent_ports
+                assert probe["httpGet"]["port"] != gvirtus["ports"][0]["containerPort"]
+            else:
+                assert probe["exec"]["command"][:2] == ["/bin/sh", "-c"]
+                assert "/proc/net/tcp" in probe["exec"]["command"][2]
 
 
 def test_backend_probe_timing_comes_from_values() -> None:
@@ -103,7 +119,7 @@ def test_backend_probe_timing_comes_from_values() -> None:
         "backend.livenessProbe.initialDelaySeconds": 40,
         "backend.livenessProbe.periodSeconds": 30,
     }
-    backend = container(render(values=values).one("DaemonSet", "backend"))
+    backend = container(render(values=values).one("DaemonSet", "backend"), "backend")
     readiness, liveness = backend["readinessProbe"], backend["livenessProbe"]
     assert (readiness["initialDelaySeconds"], readiness["periodSeconds"]) == (1, 3)
     assert (liveness["initialDelaySeconds"], liveness["periodSeconds"]) == (40, 30)
@@ -111,12 +127,12 @@ def test_backend_probe_timing_comes_from_values() -> None:
 
 def test_backend_requests_gpus_or_uses_a_runtime_class() -> None:
     default = render().one("DaemonSet", "backend")
-    assert container(default)["resources"]["limits"]["nvidia.com/gpu"] == 1
+    assert container(default, "backend")["resources"]["limits"]["nvidia.com/gpu"] == 1
     assert "runtimeClassName" not in pod_spec(default)
     runtime = render(values={"backend.gpu.count": 0, "backend.runtimeClassName": "nvidia"}).one(
         "DaemonSet", "backend"
     )
-    assert "nvidia.com/gpu" not in container(runtime)["resources"]["limits"]
+    assert "nvidia.com/gpu" not in container(runtime, "backend")["resources"]["limits"]
     assert pod_spec(runtime)["runtimeClassName"] == "nvidia"
 
 
@@ -128,7 +144,8 @@ def test_backend_command_args_and_env_pass_through() -> None:
                 "backend.args": ["/usr/local/gvirtus/etc/properties.json"],
                 "backend.env": [{"name": "GVIRTUS_LOGLEVEL", "value": "10000"}],
             }
-        ).one("DaemonSet", "backend")
+        ).one("DaemonSet", "backend"),
+        "backend",
     )
     assert backend["command"] == ["/usr/local/gvirtus/bin/gvirtus-backend"]
     assert backend["args"] == ["/usr/local/gvirtus/etc/properties.json"]

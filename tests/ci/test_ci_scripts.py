@@ -22,14 +22,22 @@ from tests.ci.buildfiles import REPO_ROOT
 TOOLS_BIN = REPO_ROOT / ".tools" / "bin"
 CHART_YAML = REPO_ROOT / "charts" / "gvirtus-kai" / "Chart.yaml"
 VALUES_YAML = REPO_ROOT / "charts" / "gvirtus-kai" / "values.yaml"
-# values.yaml key of each GVirtuS-KAI image -> the component in its image name.
+# values.yaml key (dotted path) of each GVirtuS-KAI image -> the component in its image name.
 COMPONENTS = {
     "webhook": "webhook",
     "labeler": "labeler",
     "devicePlugin": "device-plugin",
     "controller": "controller",
+    "backend.agent": "backend-agent",
 }
 PREFIX = "registry.test/acme/gvirtus-kai"
+
+
+def repository(values: dict[str, Any], key: str) -> str:
+    """The image repository under the dotted values ``key``."""
+    for part in key.split("."):
+        values = values[part]
+    return str(values["image"]["repository"])
 
 
 def chart_app_version() -> str:
@@ -85,7 +93,7 @@ def test_package_chart_points_our_images_at_the_release_registry_only(
 
     values = packaged_file(tmp_path / "gvirtus-kai-0.3.0.tgz", "values.yaml")
 
-    assert {key: values[key]["image"]["repository"] for key in COMPONENTS} == {
+    assert {key: repository(values, key) for key in COMPONENTS} == {
         key: f"{PREFIX}-{component}" for key, component in COMPONENTS.items()
     }
     assert values["backend"]["image"] == original["backend"]["image"]
@@ -97,7 +105,7 @@ def test_the_chart_defaults_to_the_images_a_release_of_the_upstream_repository_p
     chart = yaml.safe_load(CHART_YAML.read_text())
     owner = chart["home"].removeprefix("https://github.com/").split("/")[0]
     values = yaml.safe_load(VALUES_YAML.read_text())
-    assert {key: values[key]["image"]["repository"] for key in COMPONENTS} == {
+    assert {key: repository(values, key) for key in COMPONENTS} == {
         key: f"ghcr.io/{owner}/gvirtus-kai-{component}" for key, component in COMPONENTS.items()
     }
 
@@ -167,7 +175,7 @@ def test_kind_load_builds_and_loads_each_image_under_the_charts_default_name(
 
     values = yaml.safe_load(VALUES_YAML.read_text())
     defaults = {
-        component: values[key]["image"]["repository"] for key, component in COMPONENTS.items()
+        component: repository(values, key) for key, component in COMPONENTS.items()
     }
     assert calls == expected_calls("ci-cluster", defaults, chart_app_version())
 

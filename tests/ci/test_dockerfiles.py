@@ -30,6 +30,7 @@ IMAGES = {
     "labeler": "labeler",
     "device-plugin": "device-plugin",
     "controller": "controller",
+    "backend-agent": "backend-agent",
 }
 EXACT_VERSION_TAG = re.compile(
     r"^[a-z0-9][a-z0-9._/-]*:\d+\.\d+\.\d+(?:-[a-z0-9.-]+)?(?:@sha256:[0-9a-f]{64})?$"

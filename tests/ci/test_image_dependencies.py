@@ -23,7 +23,7 @@ from packaging.utils import NormalizedName, canonicalize_name
 
 from tests.ci.buildfiles import REPO_ROOT, read_constraints
 
-SERVICES = ["webhook", "labeler", "device-plugin", "controller"]
+SERVICES = ["webhook", "labeler", "device-plugin", "controller", "backend-agent"]
 OWN_PREFIX = "gvirtus-kai-"
 ARCHITECTURES = ["x86_64", "aarch64"]
 

@@ -22,7 +22,7 @@ REPO_PATH = re.compile(
     r"(?<![\w/.-])((?:ci|charts|tests)/[\w./-]*\w|Dockerfile\.(?:\$\{\{ *matrix\.\w+ *\}\}|[\w-]+))"
 )
 RELEASE_PLATFORMS = {"linux/amd64", "linux/arm64"}
-COMPONENTS = {"webhook", "labeler", "device-plugin", "controller"}
+COMPONENTS = {"webhook", "labeler", "device-plugin", "controller", "backend-agent"}
 
 
 def load(name: str) -> dict[Any, Any]:
@@ -240,14 +240,18 @@ def test_released_images_are_the_images_the_chart_defaults_to() -> None:
     assert pattern, naming
     values = _chart("values.yaml")
     keys = {
-        "webhook": "webhook",
-        "labeler": "labeler",
-        "device-plugin": "devicePlugin",
-        "controller": "controller",
+        "webhook": ("webhook",),
+        "labeler": ("labeler",),
+        "device-plugin": ("devicePlugin",),
+        "controller": ("controller",),
+        "backend-agent": ("backend", "agent"),
     }
     owner = _upstream_owner()
     for component in matrix_values(job, "component"):
-        expected = values[keys[component]]["image"]["repository"]
+        section = values
+        for key in keys[component]:
+            section = section[key]
+        expected = section["image"]["repository"]
         assert _released_name(pattern[1], workflow, owner, component) == expected
 
 

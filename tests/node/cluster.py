@@ -44,6 +44,7 @@ IMAGE_NAMES = (
     "controller",
     "labeler",
     "device-plugin",
+    "backend-agent",
     "standin-backend",
     "standin-frontend",
 )

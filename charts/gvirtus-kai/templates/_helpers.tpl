@@ -205,8 +205,9 @@ limits or requests (the webhook itself ignores a quantity of 0).
 {{/*
 Ingress-only NetworkPolicy of one component. Call with (dict "ctx" $ "component" "webhook"
 "openPort" 8443) for a port reachable from anywhere, and/or "metricsPort" 8080 for a health/metrics
-port reachable only from networkPolicy.metricsNamespaceSelector (none when it is empty). Probes come
-from the node's kubelet, which CNIs enforcing NetworkPolicy allow.
+port reachable only from networkPolicy.metricsNamespaceSelector (none when it is empty), and/or
+"controllerPort" 9180 for a port the release's controller pods poll. Probes come from the node's
+kubelet, which CNIs enforcing NetworkPolicy allow.
 */}}
 {{- define "gvirtus-kai.networkPolicy" -}}
 {{- $selector := .ctx.Values.networkPolicy.metricsNamespaceSelector }}
@@ -222,10 +223,19 @@ spec:
     matchLabels:
       {{- include "gvirtus-kai.selectorLabels" . | nindent 6 }}
   policyTypes: ["Ingress"]
-  {{- if or .openPort (and .metricsPort $selector) }}
+  {{- if or .openPort (and .metricsPort $selector) .controllerPort }}
   ingress:
     {{- with .openPort }}
     - ports:
+        - port: {{ . }}
+          protocol: TCP
+    {{- end }}
+    {{- with .controllerPort }}
+    - from:
+        - podSelector:
+            matchLabels:
+              {{- include "gvirtus-kai.selectorLabels" (dict "ctx" $.ctx "component" "controller") | nindent 14 }}
+      ports:
         - port: {{ . }}
           protocol: TCP
     {{- end }}
