@@ -276,6 +276,17 @@ def test_frontend_image_ships_the_config_where_its_gvirtus_home_points() -> None
     assert stage.all("USER")[0].arguments == "65532:65532"
 
 
+def test_backend_image_removes_every_shell_and_never_needs_one() -> None:
+    # The chart's HTTP probes (the backend agent) must work with a GVirtuS image without a shell.
+    (stage,) = parse_dockerfile((IMAGES / "standin_backend" / "Dockerfile").read_text())
+    (run,) = stage.all("RUN")
+    removal = json.loads(run.arguments)
+
+    assert removal[:2] == ["/usr/bin/rm", "-f"]
+    assert {"/usr/bin/sh", "/usr/bin/dash", "/usr/bin/bash"} <= set(removal[2:])
+    assert json.loads(stage.all("ENTRYPOINT")[0].arguments)[0].startswith("/")
+
+
 # -- backend -------------------------------------------------------------------------------------
 
 
