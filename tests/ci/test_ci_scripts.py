@@ -174,9 +174,7 @@ def test_kind_load_builds_and_loads_each_image_under_the_charts_default_name(
     calls = run_kind_load(tmp_path, "ci-cluster")
 
     values = yaml.safe_load(VALUES_YAML.read_text())
-    defaults = {
-        component: repository(values, key) for key, component in COMPONENTS.items()
-    }
+    defaults = {component: repository(values, key) for key, component in COMPONENTS.items()}
     assert calls == expected_calls("ci-cluster", defaults, chart_app_version())
 
 
