@@ -144,6 +144,24 @@ class Kube:
     def exec(self, namespace: str, name: str, container: str, *command: str) -> str:
         return self.kubectl("exec", "-n", namespace, name, "-c", container, "--", *command).stdout
 
+    def remove_gvirtus_workloads(self) -> None:
+        """Delete every GVirtuS application pod, with what owns it (so nothing re-creates it),
+        in every namespace but the release's, and wait until they are gone."""
+
+        def gvirtus_pods() -> list[Pod]:
+            return [
+                p
+                for p in self.client.list(Pod, namespace="*", labels={"gvirtus.io/enabled": "true"})
+                if p.metadata is not None and p.metadata.namespace != NAMESPACE
+            ]
+
+        for namespace in {p.metadata.namespace or "" for p in gvirtus_pods() if p.metadata}:
+            self.kubectl(
+                "delete", "deployments,replicasets,jobs,pods", "--all", "-n", namespace,
+                "--grace-period=1", "--wait=false",
+            )  # fmt: skip
+        wait_until(lambda: not gvirtus_pods(), "every GVirtuS application pod to be gone")
+
     def node_of(self, pod: Pod) -> RealNode:
         assert pod.spec is not None, "pod without a spec"
         assert pod.spec.nodeName, "pod not scheduled"

@@ -48,6 +48,7 @@ def test_upgrade_with_another_slot_count_rolls_the_device_plugin_and_allocatable
 def test_backend_loss_evicts_its_pods_and_their_replacements_connect_to_the_new_backend(
     release: Kube,
 ) -> None:
+    release.remove_gvirtus_workloads()  # earlier tests' pods would fill the backends
     # One pod per backend, so the evicted pod's replacement has to wait for the new backend.
     values = {
         "controller.onBackendLoss": "evict",
@@ -110,8 +111,7 @@ def gpu_pods(kube: Kube) -> list[str]:
 def test_uninstall_leaves_no_object_socket_or_cdi_spec_of_ours(release: Kube) -> None:
     # An operator uninstalls once the GVirtuS workloads are gone: a pod still holding a virtual
     # GPU keeps the CDI spec on its node (its container may restart and need it).
-    for namespace in {name.split("/")[0] for name in gpu_pods(release)}:
-        release.kubectl("delete", "pods", "--all", "-n", namespace, "--grace-period=1")
+    release.remove_gvirtus_workloads()
     wait_until(lambda: not gpu_pods(release), "no pod holding a virtual GPU")
     chart.uninstall(release.kubeconfig)
     try:
