@@ -90,7 +90,13 @@ def backend_slice(
     address_type: str = "IPv4",
     port_name: str = "gvirtus",
     service: str = "gvirtus-backend-headless",
+    port: int = 9999,
+    agent_port: int | None = None,
 ) -> EndpointSlice:
+    """``agent_port``: each endpoint's load agent listens there (the port named ``agent``)."""
+    ports: list[dict[str, Any]] = [{"name": port_name, "port": port, "protocol": "TCP"}]
+    if agent_port is not None:
+        ports.append({"name": "agent", "port": agent_port, "protocol": "TCP"})
     endpoint_slice = EndpointSlice.from_dict(
         {
             "apiVersion": "discovery.k8s.io/v1",
@@ -104,7 +110,7 @@ def backend_slice(
                 },
             },
             "addressType": address_type,
-            "ports": [{"name": port_name, "port": 9999, "protocol": "TCP"}],
+            "ports": ports,
             "endpoints": [
                 {
                     "addresses": [endpoint.ip],
