@@ -22,6 +22,18 @@ def role_rules(manifests: Manifests) -> list[dict[str, Any]]:
     return list(manifests.one("Role", "controller")["rules"])
 
 
+@pytest.mark.parametrize(
+    ("values", "policy"),
+    [
+        ({}, "leastLoaded"),  # the agent is on by default: measured load
+        ({"backend.agent.enabled": False}, "leastPods"),  # nothing to measure with
+        ({"backend.enabled": False}, "leastPods"),  # no backend of the chart, no agent
+    ],
+)
+def test_the_default_policy_follows_the_backend_agent(values: dict[str, Any], policy: str) -> None:
+    assert controller_env(values)["GVIRTUS_KAI_POLICY"] == policy
+
+
 def test_an_explicit_policy_is_passed_as_given() -> None:
     env = controller_env({"controller.policy": "sameZone"})
     assert env["GVIRTUS_KAI_POLICY"] == "sameZone"

@@ -59,7 +59,12 @@ def test_the_only_objects_without_a_kubernetes_schema_are_cert_manager_resources
 
 
 def test_every_namespaced_object_names_the_release_namespace() -> None:
-    cluster_scoped = {"ClusterRole", "ClusterRoleBinding", "MutatingWebhookConfiguration"}
+    cluster_scoped = {
+        "ClusterRole",
+        "ClusterRoleBinding",
+        "MutatingWebhookConfiguration",
+        "PriorityClass",
+    }
     for scenario in SCENARIOS:
         for m in render(scenario):
             expected = None if m["kind"] in cluster_scoped else NAMESPACE
