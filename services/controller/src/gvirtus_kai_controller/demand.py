@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -124,6 +125,9 @@ class Placeholders:
         self._taken: set[str] = set()  # names in use: live, terminating, or being written
         self._writing: set[str] = set()
         self._listed = False
+        # A refused write (403, a quota, an admission webhook) is retried after a growing pause.
+        self._backoff = Backoff(initial=1.0, maximum=60.0)
+        self._retry_at = 0.0
 
     @property
     def count(self) -> int:
@@ -192,7 +196,7 @@ class Placeholders:
     def reconcile(self, wanted: int) -> list[Awaitable[None]]:
         """The writes that bring the placeholders to ``wanted``; none before they are listed."""
         owner = self._owner
-        if owner is None or not self._listed:
+        if owner is None or not self._listed or time.monotonic() < self._retry_at:
             return []
         live = sorted(self._live - self._writing, key=lambda n: _number(n, owner.name))
         creating = sum(1 for name in self._writing if name not in self._live)
@@ -221,10 +225,12 @@ class Placeholders:
             with api_call("create"):
                 await self._client.create(placeholder_pod(self._settings, owner, name))
             self._live.add(name)
+            self._backoff.reset()
             log.info("placeholder created", extra={"pod": name})
         except ApiFailure as failure:
             if failure.code != 409:  # 409: made already, or still terminating; the watch tells
                 self._taken.discard(name)
+                self._refused()
             self._api_errors.record(failure, "pods", "could not create a placeholder", pod=name)
         finally:
             self._writing.discard(name)
@@ -240,6 +246,10 @@ class Placeholders:
                 self._live.discard(name)
                 self._taken.discard(name)
             else:
+                self._refused()
                 self._api_errors.record(failure, "pods", "could not delete a placeholder", pod=name)
         finally:
             self._writing.discard(name)
+
+    def _refused(self) -> None:
+        self._retry_at = time.monotonic() + self._backoff.next_delay()
