@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 from gvirtus_kai_controller.settings import Settings
 
-from tests.chart.conftest import NAMESPACE, HelmError, Manifests, env_of, render
+from tests.chart.conftest import NAMESPACE, HelmError, Manifests, env_of, render, render_notes
 
 DEMAND = {"controller.demand.enabled": True}
 
@@ -146,3 +146,10 @@ def test_the_rendered_json_settings_are_json() -> None:
     env = controller_env(DEMAND)
     for name in ("REQUESTS", "NODE_SELECTOR", "TOLERATIONS"):
         json.loads(env[f"GVIRTUS_KAI_DEMAND_{name}"])
+
+
+def test_the_notes_name_the_policy_in_effect_and_the_placeholders() -> None:
+    notes = render_notes(values=DEMAND)
+    assert 'policy "leastLoaded"' in notes
+    assert "placeholder pods ask for backend nodes after pods waited 60s" in notes
+    assert "placeholder" not in render_notes()

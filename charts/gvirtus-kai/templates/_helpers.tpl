@@ -252,3 +252,11 @@ spec:
   ingress: []
   {{- end }}
 {{- end }}
+
+{{/* The controller's policy: an empty controller.policy follows the backend agent (measured
+load when there is an agent to ask). */}}
+{{- define "gvirtus-kai.controllerPolicy" -}}
+{{- $b := .Values.backend }}
+{{- $agent := and $b.enabled (dig "agent" "enabled" false $b) }}
+{{- .Values.controller.policy | default (ternary "leastLoaded" "leastPods" $agent) }}
+{{- end }}
