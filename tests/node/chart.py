@@ -7,7 +7,6 @@ GVirtuS backend, the stand-in backend image.
 
 from __future__ import annotations
 
-import json
 import os
 import subprocess
 from collections.abc import Mapping
@@ -15,19 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from tests.cluster.controlplane import ROOT, TOOLS_BIN
+from tests.cluster.release import set_json_args
 
 CHART = ROOT / "charts" / "gvirtus-kai"
 RELEASE = "gvirtus-kai"
 NAMESPACE = "gvirtus-system"
 # The local images (see the file); the only values the tier sets beyond a test's own.
 LOCAL_IMAGES = Path(__file__).with_name("local-images.yaml")
-
-
-def set_json_args(values: Mapping[str, Any]) -> list[str]:
-    args: list[str] = []
-    for path, value in values.items():
-        args += ["--set-json", f"{path}={json.dumps(value)}"]
-    return args
 
 
 def helm(

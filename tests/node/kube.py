@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 import os
 import subprocess
-import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any, TypeVar
@@ -18,6 +17,7 @@ from lightkube.resources.apps_v1 import DaemonSet, Deployment
 from lightkube.resources.core_v1 import Namespace, Node, Pod
 
 from tests.cluster.controlplane import ROOT, TOOLS_BIN
+from tests.cluster.kube import wait_until as cluster_wait_until
 from tests.node.chart import NAMESPACE
 from tests.node.cluster import FRONTEND_NODE, GPU_NODES, NodeCluster
 from tests.node.node import Node as RealNode
@@ -30,14 +30,8 @@ EXAMPLES = ROOT / "examples"
 
 
 def wait_until(check: Callable[[], T | None], what: str, timeout: float = WAIT) -> T:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = check()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise AssertionError(f"timed out after {timeout:.0f}s waiting for {what}")
-        time.sleep(0.2)
+    """The cluster tier's wait, with this tier's longer default."""
+    return cluster_wait_until(check, what, timeout)
 
 
 class Kube:
