@@ -150,8 +150,10 @@ def status_server(port: int, connections: Connections) -> ThreadingHTTPServer:
 
 
 def stop(signum: int, frame: FrameType | None) -> None:
-    # As PID 1 in a container, a signal without a handler would be ignored.
-    sys.exit(0)
+    # As PID 1 in a container, a signal without a handler would be ignored. Exit at once: an
+    # orderly shutdown could wait on a connection thread that holds the stdout lock.
+    sys.stdout.flush()
+    os._exit(0)
 
 
 def main() -> None:
