@@ -69,6 +69,15 @@ def test_properties_json_is_the_compact_text_of_the_config() -> None:
     assert json.loads(text) == frontend_config("10.0.0.7", "9999", DEFAULT_PLUGINS, DEFAULT_THREADS)
 
 
+@pytest.mark.parametrize("threads", [1, 2, 32, MAX_THREADS])
+def test_properties_json_is_exactly_the_encoders_text_of_the_config(threads: int) -> None:
+    # The sed wrapper writes the same bytes, and a pod's annotation must not change when the
+    # webhook or the controller writes it: the text is the one a JSON encoder gives.
+    config = frontend_config("10.0.0.7", "9999", DEFAULT_PLUGINS, threads)
+    expected = json.dumps(config, separators=(",", ":"))
+    assert properties_json("10.0.0.7", 9999, DEFAULT_PLUGINS, threads) == expected
+
+
 def test_properties_json_is_byte_identical_for_the_same_backend() -> None:
     # The webhook and the controller each build it; a pod must not change when either writes it.
     assert properties_json("10.0.0.7", 9999, ("cudart",)) == properties_json(
