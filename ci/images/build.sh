@@ -210,10 +210,13 @@ pip_build_args() {
   local value ca
   pip_config=$(python3 -m pip config list 2>/dev/null || true)
   pip_args=()
-  for pair in PIP_INDEX_URL:index-url PIP_EXTRA_INDEX_URL:extra-index-url \
-    PIP_TRUSTED_HOST:trusted-host; do
-    value=$(pip_setting "${pair%%:*}" "${pair#*:}")
-    if [ -n "$value" ]; then pip_args+=(--build-arg "${pair%%:*}=$value"); fi
+  local name key
+  for name in PIP_INDEX_URL PIP_EXTRA_INDEX_URL PIP_TRUSTED_HOST; do
+    key=${name#PIP_}
+    key=${key,,}
+    key=${key//_/-} # pip's config key for the variable, e.g. index-url
+    value=$(pip_setting "$name" "$key")
+    if [ -n "$value" ]; then pip_args+=(--build-arg "$name=$value"); fi
   done
   ca=$(pip_setting PIP_CERT cert)
   if [ -n "$ca" ] && [ -f "$ca" ]; then
