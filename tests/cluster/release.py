@@ -330,6 +330,15 @@ class Release:
             self.webhook.stop()
             self.webhook = None
 
+    def backend_pods(self) -> dict[str, str]:
+        """The backend DaemonSet's pods once bound: node name -> pod name."""
+        pods = {}
+        for pod in self.cluster.pods(self.namespace, self.selector("backend")):
+            assert pod.metadata is not None
+            if pod.spec is not None and pod.spec.nodeName and not pod.metadata.deletionTimestamp:
+                pods[pod.spec.nodeName] = str(pod.metadata.name)
+        return pods
+
     def selector(self, component: str) -> dict[str, str]:
         """The labels selecting a component's pods of this release."""
         return {"app.kubernetes.io/instance": self.name, "app.kubernetes.io/component": component}

@@ -61,13 +61,7 @@ class Demand:
         return self.release.component_name("controller")
 
     def backend_pods(self) -> dict[str, str]:
-        """The backend DaemonSet's pods once bound: node name -> pod name."""
-        pods = {}
-        for pod in self.cluster.pods(self.release.namespace, self.release.selector("backend")):
-            assert pod.metadata is not None
-            if pod.spec is not None and pod.spec.nodeName and not pod.metadata.deletionTimestamp:
-                pods[pod.spec.nodeName] = str(pod.metadata.name)
-        return pods
+        return self.release.backend_pods()
 
     def mark_ready(self, node: str, address: str) -> None:
         name = wait_until(lambda: self.backend_pods().get(node), f"the backend pod on {node}")

@@ -76,13 +76,7 @@ class Flow:
         return self.release.webhook_settings()["BACKEND_HOST"]
 
     def backend_pods(self) -> dict[str, str]:
-        """The backend DaemonSet's pods once bound: node name -> pod name."""
-        pods = {}
-        for pod in self.cluster.pods(self.release.namespace, self.release.selector("backend")):
-            assert pod.metadata is not None
-            if pod.spec is not None and pod.spec.nodeName and not pod.metadata.deletionTimestamp:
-                pods[pod.spec.nodeName] = str(pod.metadata.name)
-        return pods
+        return self.release.backend_pods()
 
     def set_ready(self, node: str, ready: bool) -> None:
         """The backend pod on ``node`` reports Ready (with its address) or not ready, as its
